@@ -1,0 +1,152 @@
+"""Typed, validated configuration read from params.yaml.
+
+Every stage loads and validates the *whole* file before doing any work, so a bad key
+anywhere fails the first stage `dvc repro` runs, with an error naming the key, the value
+and what is accepted. Each stage then uses only its own section (and declares only that
+section in dvc.yaml), so editing a key reruns only the stages that read it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.dataclasses import dataclass
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+# Scalars are Strict* types: "64" is not an int and 1 is not a bool. Sections stay lax so a
+# nested mapping validates into its dataclass.
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+Fraction = Annotated[StrictFloat, Field(gt=0.0, lt=1.0)]
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or holds a value the pipeline cannot use."""
+
+
+@dataclass(config=_STRICT)
+class SyntheticConfig:
+    """The embedded, procedurally drawn HAR-shaped dataset (offline)."""
+
+    images_per_class: Annotated[StrictInt, Field(ge=2, le=100_000)] = 200
+    image_size: Annotated[StrictInt, Field(ge=32, le=1024)] = 128
+    seed: StrictInt = 0
+
+
+@dataclass(config=_STRICT)
+class DownloadConfig:
+    """Where data/raw comes from. `path` is a local source; without it the network is used."""
+
+    source: Literal["synthetic", "huggingface", "kaggle", "folder"] = "synthetic"
+    path: StrictStr | None = None
+    hf_repo: StrictStr = "Bingsu/Human_Action_Recognition"
+    kaggle_dataset: StrictStr = "meetnagadia/human-action-recognition-har-dataset"
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.source == "folder" and not self.path:
+            raise ValueError("source 'folder' needs download.path: a directory in the Kaggle "
+                             "layout or with one sub-folder per class")
+
+
+@dataclass(config=_STRICT)
+class PreprocessConfig:
+    """Decoding, resizing and the train/val split written to data/cache."""
+
+    image_size: Annotated[StrictInt, Field(ge=16, le=1024)] = 64
+    fit: Literal["crop", "squash"] = "crop"
+    """crop: shorter side to image_size, then the centre square (CLIP's view); squash: the
+    whole image resized to a square, aspect ratio not kept."""
+    val_fraction: Fraction = 0.2
+    seed: StrictInt = 0
+    max_bad_fraction: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.05
+    workers: Annotated[StrictInt, Field(ge=0, le=256)] = 0
+    """Decoding processes; 0 means one per CPU core."""
+
+
+@dataclass(config=_STRICT)
+class Params:
+    """All of params.yaml. Sections a stage does not read are still validated."""
+
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+
+
+SectionT = TypeVar("SectionT")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float, as YAML 1.2 (and DVC's own parser) does."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with an error naming the file when it is missing or malformed."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the params file ({err.strerror})") from err
+    try:
+        data = yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            lines.append(f"{path}: unknown key '{key}' (= {item['input']!r}); "
+                         f"see README.md for the keys each section accepts")
+        elif item["type"] == "missing":
+            lines.append(f"{path}: missing key '{key}'")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {key} = {item['input']!r}: {msg}")
+    return "invalid params:\n  " + "\n  ".join(lines)
+
+
+def parse_params(data: dict[str, Any], path: Path = DEFAULT_PARAMS) -> Params:
+    """Validate a params mapping into typed sections, or raise ConfigError naming each bad key."""
+    try:
+        return TypeAdapter(Params).validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path)) from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate a whole params file."""
+    path = Path(path)
+    return parse_params(read_yaml(path), path)
+
+
+def section_names() -> list[str]:
+    """The top-level sections params.yaml may hold, in pipeline order."""
+    return [f.name for f in fields(Params)]

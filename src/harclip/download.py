@@ -1,0 +1,216 @@
+"""download stage: bring HAR (or its synthetic stand-in) into data/raw in the Kaggle layout.
+
+Every source ends in the same shape, `Training_set.csv` (`filename,label`) plus `train/`, so
+preprocessing has one ingestion path. Images are copied as they are: checking them is the
+preprocess stage's job, which reports bad files instead of dropping them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from harclip import stage, synthetic
+from harclip.config import DownloadConfig, SyntheticConfig, load_params
+from harclip.har import CLASS_NAMES, IMAGE_DIR, LABELS_CSV, write_labels_csv
+
+RAW_DIR = Path("data/raw")
+KAGGLE_TOP = "Human Action Recognition"
+OFFLINE_HINT = ("Without network access, set download.source: synthetic (the embedded demo "
+                "data) or download.source: folder with download.path: a local HAR folder")
+
+
+def write_synthetic(config: SyntheticConfig, dest: Path) -> int:
+    """Draw the synthetic set into `dest` in the Kaggle layout; return the image count."""
+    (dest / IMAGE_DIR).mkdir(parents=True)
+    total = config.images_per_class * len(CLASS_NAMES)
+    rows = []
+    images = synthetic.generate(config.images_per_class, config.image_size, config.seed)
+    for index, (label, image) in enumerate(tqdm(images, total=total, desc="drawing",
+                                                unit="img")):
+        name = f"Image_{index + 1}.jpg"
+        image.save(dest / IMAGE_DIR / name, quality=92)
+        rows.append((name, label))
+    write_labels_csv(dest / LABELS_CSV, rows)
+    return total
+
+
+def _train_parquet_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*.parquet") if "test" not in p.name)
+    if not files:
+        raise stage.StageError(f"{path}: no train parquet files found (expected e.g. "
+                               f"data/train-00000-of-00001.parquet)")
+    return files
+
+
+def fetch_hf_parquet(config: DownloadConfig) -> list[Path]:
+    """The train-split parquet files: from download.path, else from the Hugging Face hub.
+
+    Only the train split is labelled; the hub's test split carries placeholder labels (all 0)
+    and is never fetched.
+    """
+    if config.path:
+        return _train_parquet_files(Path(config.path))
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(config.hf_repo, repo_type="dataset",
+                                   allow_patterns=["data/train-*.parquet"])
+    except Exception as err:  # the hub client raises many network and auth error types
+        raise stage.StageError(
+            f"could not download {config.hf_repo} from the Hugging Face hub "
+            f"({type(err).__name__}: {err}). Download its data/train-*.parquet elsewhere and "
+            f"set download.path to it. {OFFLINE_HINT}") from err
+    return _train_parquet_files(Path(folder))
+
+
+def write_from_parquet(files: list[Path], dest: Path) -> int:
+    """Write images and labels from parquet files in the HF schema (`image`, `labels`)."""
+    import pyarrow.parquet as pq
+
+    (dest / IMAGE_DIR).mkdir(parents=True)
+    rows = []
+    for file in files:
+        table = pq.read_table(file)
+        missing = {"image", "labels"} - set(table.column_names)
+        if missing:
+            raise stage.StageError(f"{file}: missing column(s) {sorted(missing)}; expected the "
+                                   f"HF schema image=struct{{bytes, path}}, labels=class id")
+        for record in tqdm(table.to_pylist(), desc=f"unpacking {file.name}", unit="img"):
+            image, label_id = record["image"] or {}, record["labels"]
+            suffix = PurePosixPath(image.get("path") or "x.jpg").suffix or ".jpg"
+            name = f"hf_{len(rows):05d}{suffix}"
+            (dest / IMAGE_DIR / name).write_bytes(image.get("bytes") or b"")
+            known = isinstance(label_id, int) and 0 <= label_id < len(CLASS_NAMES)
+            # An unknown id is kept as text so preprocess reports it instead of dropping it.
+            rows.append((name, CLASS_NAMES[label_id] if known else f"label_id_{label_id}"))
+    write_labels_csv(dest / LABELS_CSV, rows)
+    return len(rows)
+
+
+def _kaggle_credentials() -> bool:
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return ((config_dir / "kaggle.json").is_file() or "KAGGLE_API_TOKEN" in os.environ
+            or {"KAGGLE_USERNAME", "KAGGLE_KEY"} <= os.environ.keys())
+
+
+@contextlib.contextmanager
+def fetch_kaggle_zip(config: DownloadConfig) -> Iterator[Path]:
+    """The HAR zip: download.path when given, else a temporary download through the Kaggle API."""
+    if config.path:
+        path = Path(config.path)
+        if not path.is_file():
+            raise stage.StageError(f"{path}: Kaggle zip not found (download.path)")
+        yield path
+        return
+    if not _kaggle_credentials():
+        raise stage.StageError(
+            "no Kaggle credentials (~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY): "
+            f"download {config.kaggle_dataset} by hand and set download.path to the zip. "
+            + OFFLINE_HINT)
+    with tempfile.TemporaryDirectory(prefix="harclip-kaggle-") as tmp:
+        try:
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+            api.dataset_download_files(config.kaggle_dataset, path=tmp, quiet=False)
+        except Exception as err:  # the Kaggle client raises network, auth and HTTP errors
+            raise stage.StageError(
+                f"could not download {config.kaggle_dataset} with the Kaggle API "
+                f"({type(err).__name__}: {err}). Set download.path to a local copy of the "
+                f"zip. {OFFLINE_HINT}") from err
+        zips = sorted(Path(tmp).glob("*.zip"))
+        if not zips:
+            raise stage.StageError(f"the Kaggle API wrote no zip for {config.kaggle_dataset}")
+        yield zips[0]
+
+
+def extract_kaggle_zip(zip_path: Path, dest: Path) -> int:
+    """Extract Training_set.csv and train/ from the HAR zip (any folder prefix) into `dest`."""
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise stage.StageError(f"{zip_path}: not a readable zip ({err})") from err
+    with archive:
+        names = archive.namelist()
+        csv_members = [n for n in names if PurePosixPath(n).name == LABELS_CSV]
+        if not csv_members:
+            raise stage.StageError(
+                f"{zip_path}: no {LABELS_CSV} inside; expected the Kaggle HAR layout "
+                f"'{KAGGLE_TOP}/{LABELS_CSV}' with '{KAGGLE_TOP}/{IMAGE_DIR}/'")
+        top = PurePosixPath(min(csv_members, key=len)).parent
+        image_root = top / IMAGE_DIR
+        (dest / IMAGE_DIR).mkdir(parents=True)
+        dest.joinpath(LABELS_CSV).write_bytes(archive.read(str(top / LABELS_CSV)))
+        members = [n for n in names if not n.endswith("/")
+                   and PurePosixPath(n).parent == image_root]
+        for member in tqdm(members, desc="extracting", unit="img"):
+            # Only the base name is used, so no member can write outside `dest`.
+            target = dest / IMAGE_DIR / PurePosixPath(member).name
+            with archive.open(member) as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
+    return len(members)
+
+
+def copy_folder(source: Path, dest: Path) -> int:
+    """Copy a local HAR folder: Kaggle layout, or one sub-folder per class (names = labels)."""
+    if not source.is_dir():
+        raise stage.StageError(f"{source}: folder not found (download.path)")
+    if (source / LABELS_CSV).is_file():
+        shutil.copytree(source / IMAGE_DIR, dest / IMAGE_DIR)
+        shutil.copy2(source / LABELS_CSV, dest / LABELS_CSV)
+        return sum(1 for p in (dest / IMAGE_DIR).iterdir() if p.is_file())
+    class_dirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise stage.StageError(f"{source}: neither {LABELS_CSV} nor class sub-folders found; "
+                               f"expected the Kaggle layout or one sub-folder per action")
+    rows = []
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.iterdir() if p.is_file())
+        shutil.copytree(class_dir, dest / IMAGE_DIR / class_dir.name,
+                        ignore=lambda _dir, names: [n for n in names if n.startswith(".")])
+        rows += [(f"{class_dir.name}/{f.name}", class_dir.name) for f in files
+                 if not f.name.startswith(".")]
+    write_labels_csv(dest / LABELS_CSV, rows)
+    return len(rows)
+
+
+def download(config: DownloadConfig, out_dir: Path = RAW_DIR) -> int:
+    """Write the configured source to `out_dir` atomically; return the number of images."""
+    with stage.atomic_directory(out_dir) as staging:
+        if config.source == "synthetic":
+            count = write_synthetic(config.synthetic, staging)
+        elif config.source == "huggingface":
+            count = write_from_parquet(fetch_hf_parquet(config), staging)
+        elif config.source == "kaggle":
+            with fetch_kaggle_zip(config) as zip_path:
+                count = extract_kaggle_zip(zip_path, staging)
+        else:
+            count = copy_folder(Path(config.path), staging)
+        provenance = {"source": config.source, "path": config.path, "images": count}
+        (staging / "source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    stage.log.info("download: %d images from %s into %s", count, config.source, out_dir)
+    return count
+
+
+def main() -> None:
+    cli = stage.parser("Fetch HAR (or the synthetic stand-in) into data/raw in the Kaggle "
+                       "layout: Training_set.csv + train/.")
+    cli.add_argument("--out", type=Path, default=RAW_DIR, help="output folder (%(default)s)")
+    args = cli.parse_args()
+    stage.run(lambda: download(load_params(args.params).download, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real HAR sample (when present) and small image writers."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HAR_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "har-sample"
+
+
+@pytest.fixture
+def har_sample() -> Path:
+    """The real 3,600-image HAR sample beside the checkout; skipped where it is absent."""
+    if not (HAR_SAMPLE / "Training_set.csv").is_file():
+        pytest.skip("the real HAR sample (../shared/data/har-sample) is not here")
+    return HAR_SAMPLE
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
+    """A small real JPEG with seeded random content."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
