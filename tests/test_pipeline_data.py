@@ -1,0 +1,30 @@
+"""The download and preprocess stages run through real DVC in a temporary git repo."""
+
+import numpy as np
+import pytest
+
+from harclip.preprocess import load_split
+from tests.dvc_project import DvcProject, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_preprocess_runs_under_dvc_and_a_key_edit_reruns_only_what_reads_it(tmp_path):
+    project = DvcProject(tmp_path, tiny_params())
+    assert project.repro("preprocess") == ["download", "preprocess"]
+    images, labels = load_split(tmp_path / "data" / "cache", "train")
+    assert images.shape[1:] == (3, 24, 24) and len(labels) == 75  # 6 per class, 1 of them to val
+    assert project.changed_stages() == set()
+    project.commit("first run")
+
+    project.set_param("preprocess.val_fraction", 0.5)
+    assert project.changed_stages() == {"preprocess"}
+    assert project.repro() == ["preprocess"]
+    assert len(load_split(tmp_path / "data" / "cache", "val")[1]) == 45
+    assert project.changed_stages() == set()
+
+    before = np.array(load_split(tmp_path / "data" / "cache", "val")[0])
+    project.set_param("download.synthetic.seed", 1)
+    assert project.changed_stages() == {"download"}
+    assert project.repro() == ["download", "preprocess"]
+    assert not np.array_equal(before, load_split(tmp_path / "data" / "cache", "val")[0])
