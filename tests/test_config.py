@@ -55,10 +55,10 @@ def test_yaml_reads_exponent_floats_as_dvc_does(tmp_path):
 
 
 def test_missing_or_malformed_params_file_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"nope.yaml: cannot read"):
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
         load_params(tmp_path / "nope.yaml")
     (tmp_path / "bad.yaml").write_text("download: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_params(tmp_path / "bad.yaml")
 
 

@@ -107,7 +107,7 @@ def test_kaggle_without_credentials_says_how_to_go_on(tmp_path, monkeypatch):
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
-    with pytest.raises(StageError, match=r"no Kaggle credentials.*download.path"):
+    with pytest.raises(StageError, match="no Kaggle credentials.*download.path"):
         dl.download(DownloadConfig(source="kaggle"), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
@@ -121,6 +121,6 @@ def test_missing_local_source_names_the_path(tmp_path, source):
 
 def test_corrupt_zip_is_named(tmp_path):
     (tmp_path / "har.zip").write_bytes(b"PK-but-not-really")
-    with pytest.raises(StageError, match=r"har.zip: not a readable zip"):
+    with pytest.raises(StageError, match="har.zip: not a readable zip"):
         dl.download(DownloadConfig(source="kaggle", path=str(tmp_path / "har.zip")),
                     tmp_path / "raw")

@@ -17,7 +17,7 @@ def _arrays(images):
 
 
 def test_generator_is_deterministic_for_a_seed_and_differs_across_seeds():
-    first, again, other = (generate(2, 48, seed) for seed in (7, 7, 8))
+    first, again, other = (list(generate(2, 48, seed)) for seed in (7, 7, 8))
     assert [label for label, _ in first] == [label for label, _ in again]
     assert np.array_equal(_arrays(first), _arrays(again))
     assert not np.array_equal(_arrays(first), _arrays(other))
@@ -38,7 +38,7 @@ def _mean_rgb_probe(features, labels):
 
 
 def test_mean_colour_says_nothing_about_the_class():
-    images = generate(40, 48, seed=1)
+    images = list(generate(40, 48, seed=1))
     labels = np.array([CLASS_NAMES.index(label) for label, _ in images])
     mean_rgb = _arrays(images).reshape(len(images), -1, 3).mean(axis=1) / 255.0
     assert _mean_rgb_probe(mean_rgb, labels) <= 0.15

@@ -17,6 +17,7 @@ import yaml
 from pydantic import (
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -79,11 +80,75 @@ class PreprocessConfig:
 
 
 @dataclass(config=_STRICT)
+class AugmentConfig:
+    """The per-sample augmentation done on the training device."""
+
+    scale_min: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 0.35
+    """Smallest crop area, as a share of the image (random resized crop)."""
+    flip: StrictBool = True
+
+
+@dataclass(config=_STRICT)
+class TrainConfig:
+    """One model's fine-tuning run (sections train_clip, train_sglip, train_aclip)."""
+
+    model: StrictStr = "harclip-tiny-clip"
+    """An open_clip model name, or a shipped tiny one (harclip-tiny-clip, harclip-tiny-siglip)."""
+    pretrained: StrictStr | None = None
+    """An open_clip pretrained tag (openai, webli, ...), a local checkpoint file, or null."""
+    image_size: Annotated[StrictInt, Field(ge=16, le=1024)] | None = None
+    """Model input size; null keeps the architecture's own."""
+    head_init: Literal["text", "random"] = "text"
+    prompt_templates: tuple[StrictStr, ...] = ("a photo of a person {}.",)
+    contrastive_weight: Annotated[StrictFloat, Field(ge=0.0)] = 0.0
+    """λ of the image–text contrastive term (the model's own pre-training loss); 0 = CE only."""
+    epochs: Annotated[StrictInt, Field(ge=1, le=10_000)] = 10
+    batch_size: Annotated[StrictInt, Field(ge=1)] = 64
+    """Effective batch: micro_batch_size × accumulation steps."""
+    micro_batch_size: Annotated[StrictInt, Field(ge=1)] | None = None
+    """Images per forward pass; null = batch_size (no accumulation)."""
+    lr: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 1e-3
+    weight_decay: Annotated[StrictFloat, Field(ge=0.0)] = 0.05
+    betas: tuple[Annotated[StrictFloat, Field(ge=0.0, lt=1.0)],
+                 Annotated[StrictFloat, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    warmup_epochs: Annotated[StrictFloat, Field(ge=0.0)] = 1.0
+    grad_clip: Annotated[StrictFloat, Field(ge=0.0)] = 1.0
+    """Max gradient norm; 0 turns clipping off."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """auto: bf16 on a GPU that has it, fp16 with a grad scaler on one that has not, fp32 on
+    CPU (where autocast rarely pays)."""
+    device: StrictStr = "auto"
+    compile: StrictBool = False
+    seed: StrictInt = 0
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    log_every: Annotated[StrictInt, Field(ge=1)] = 25
+    """Progress-bar refresh, in steps: the only host–device syncs inside an epoch."""
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of "
+                             f"micro_batch_size {self.micro_batch_size}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
+        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
+            raise ValueError("prompt_templates: each template needs a '{}' where the action goes")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device {self.device!r}: expected auto, cpu, cuda or cuda:N")
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.batch_size // (self.micro_batch_size or self.batch_size)
+
+
+@dataclass(config=_STRICT)
 class Params:
     """All of params.yaml. Sections a stage does not read are still validated."""
 
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    train_clip: TrainConfig = Field(default_factory=TrainConfig)
+    train_sglip: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(model="harclip-tiny-siglip"))
 
 
 SectionT = TypeVar("SectionT")

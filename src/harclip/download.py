@@ -16,8 +16,6 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from harclip import stage, synthetic
 from harclip.config import DownloadConfig, SyntheticConfig, load_params
 from harclip.har import CLASS_NAMES, IMAGE_DIR, LABELS_CSV, write_labels_csv
@@ -34,8 +32,8 @@ def write_synthetic(config: SyntheticConfig, dest: Path) -> int:
     total = config.images_per_class * len(CLASS_NAMES)
     rows = []
     images = synthetic.generate(config.images_per_class, config.image_size, config.seed)
-    for index, (label, image) in enumerate(tqdm(images, total=total, desc="drawing",
-                                                unit="img")):
+    for index, (label, image) in enumerate(stage.progress(images, total=total,
+                                                          desc="drawing", unit="img")):
         name = f"Image_{index + 1}.jpg"
         image.save(dest / IMAGE_DIR / name, quality=92)
         rows.append((name, label))
@@ -86,7 +84,8 @@ def write_from_parquet(files: list[Path], dest: Path) -> int:
         if missing:
             raise stage.StageError(f"{file}: missing column(s) {sorted(missing)}; expected the "
                                    f"HF schema image=struct{{bytes, path}}, labels=class id")
-        for record in tqdm(table.to_pylist(), desc=f"unpacking {file.name}", unit="img"):
+        records = table.to_pylist()
+        for record in stage.progress(records, desc=f"unpacking {file.name}", unit="img"):
             image, label_id = record["image"] or {}, record["labels"]
             suffix = PurePosixPath(image.get("path") or "x.jpg").suffix or ".jpg"
             name = f"hf_{len(rows):05d}{suffix}"
@@ -155,7 +154,7 @@ def extract_kaggle_zip(zip_path: Path, dest: Path) -> int:
         dest.joinpath(LABELS_CSV).write_bytes(archive.read(str(top / LABELS_CSV)))
         members = [n for n in names if not n.endswith("/")
                    and PurePosixPath(n).parent == image_root]
-        for member in tqdm(members, desc="extracting", unit="img"):
+        for member in stage.progress(members, desc="extracting", unit="img"):
             # Only the base name is used, so no member can write outside `dest`.
             target = dest / IMAGE_DIR / PurePosixPath(member).name
             with archive.open(member) as source, open(target, "wb") as out:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
 
 from harclip import stage
 from harclip.config import PreprocessConfig, load_params
@@ -191,8 +190,9 @@ def preprocess(config: PreprocessConfig, raw_dir: Path = RAW_DIR,
     kept: list[tuple[Candidate, np.ndarray, str]] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_decode_file, jobs, chunksize=max(1, min(64, len(jobs) // workers)))
-        for candidate, (array, detail) in tqdm(zip(candidates, results, strict=True),
-                                               total=len(jobs), desc="decoding", unit="img"):
+        decoded = stage.progress(zip(candidates, results, strict=True), total=len(jobs),
+                                 desc="decoding", unit="img")
+        for candidate, (array, detail) in decoded:
             if array is None:
                 rejected.append(Rejected(candidate.filename, detail))
             else:

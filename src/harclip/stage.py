@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tqdm import tqdm
+
 from harclip.config import DEFAULT_PARAMS, ConfigError
 
 log = logging.getLogger("harclip")
@@ -18,6 +20,11 @@ log = logging.getLogger("harclip")
 
 class StageError(RuntimeError):
     """A stage cannot do its job; the message says what failed and what to do instead."""
+
+
+def progress(iterable=None, **kwargs) -> tqdm:
+    """A progress bar on a terminal; nothing when output goes to a file or a pipe (CI, logs)."""
+    return tqdm(iterable, disable=None, dynamic_ncols=True, **kwargs)
 
 
 def parser(description: str) -> argparse.ArgumentParser:

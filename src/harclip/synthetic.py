@@ -9,8 +9,9 @@ position, mirroring, clutter and occluders make the task learnable but not trivi
 
 from __future__ import annotations
 
+import colorsys
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,19 @@ from PIL import Image, ImageDraw
 from harclip.har import CLASS_NAMES
 
 Point = tuple[float, float]
+INK = (20, 20, 20)  # outlines and faces: the same in every class
+# Lightness ranges: pale scenery, darker figures and props, so a figure stands out from its
+# ground as people do in photos. Hues and saturations are free; nothing depends on the class.
+SCENERY_LIGHTNESS = (0.55, 0.92)
+FIGURE_LIGHTNESS = (0.12, 0.45)
+SKIN_LIGHTNESS = (0.3, 0.6)
+
+
+def random_colour(rng: np.random.Generator, lightness: tuple[float, float],
+                  saturation: tuple[float, float] = (0.2, 1.0)) -> tuple[int, int, int]:
+    """A colour of random hue and saturation within a lightness range."""
+    rgb = colorsys.hls_to_rgb(rng.uniform(0, 1), rng.uniform(*lightness), rng.uniform(*saturation))
+    return tuple(round(255 * c) for c in rgb)
 
 # Standing pose in body units (torso length = 1), origin at the hip, y pointing down.
 STANDING: dict[str, Point] = {
@@ -69,6 +83,7 @@ class Painter:
         self.mirror = -1.0 if mirror else 1.0
         self.cos, self.sin = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
         self.line = line
+        self.rim = max(1, line // 3)
 
     def px(self, point: Point) -> Point:
         x, y = point[0] * self.mirror, point[1]
@@ -76,10 +91,17 @@ class Painter:
         return self.origin[0] + x * self.unit, self.origin[1] + y * self.unit
 
     def colour(self) -> tuple[int, int, int]:
-        return tuple(int(c) for c in self.rng.integers(0, 256, 3))
+        """A colour for clothes and props."""
+        return random_colour(self.rng, FIGURE_LIGHTNESS)
 
-    def segment(self, a: Point, b: Point, fill, width: float = 1.0) -> None:
-        self.draw.line([self.px(a), self.px(b)], fill=fill, width=max(1, round(self.line * width)))
+    def segment(self, a: Point, b: Point, fill, width: float = 1.0,
+                outlined: bool = False) -> None:
+        """A line; `outlined` adds a dark rim, the cartoon edge that shows shape whatever
+        the colours."""
+        pixels = max(1, round(self.line * width))
+        if outlined:
+            self.draw.line([self.px(a), self.px(b)], fill=INK, width=pixels + 2 * self.rim)
+        self.draw.line([self.px(a), self.px(b)], fill=fill, width=pixels)
 
     def disc(self, centre: Point, radius: float, fill, outline=None) -> None:
         x, y = self.px(centre)
@@ -111,31 +133,30 @@ def _draw_figure(p: Painter, figure: Figure, dx: float) -> None:
     j = {name: (x + dx + p.rng.normal(0, jitter), y + p.rng.normal(0, jitter))
          for name, (x, y) in figure.joints.items()}
     shirt, trousers = p.colour(), p.colour()
-    skin = tuple(int(c) for c in p.rng.integers(60, 256, 3))
+    skin = random_colour(p.rng, SKIN_LIGHTNESS)
     for side in "lr":
-        p.segment(j["hip"], j[f"{side}_knee"], trousers, 1.5)
-        p.segment(j[f"{side}_knee"], j[f"{side}_foot"], trousers, 1.3)
-    p.segment(j["neck"], j["hip"], shirt, 2.6)
+        p.segment(j["hip"], j[f"{side}_knee"], trousers, 1.5, outlined=True)
+        p.segment(j[f"{side}_knee"], j[f"{side}_foot"], trousers, 1.3, outlined=True)
+    p.segment(j["neck"], j["hip"], shirt, 2.6, outlined=True)
     for side in "lr":
-        p.segment(j["neck"], j[f"{side}_elbow"], shirt, 1.3)
-        p.segment(j[f"{side}_elbow"], j[f"{side}_hand"], skin, 1.0)
+        p.segment(j["neck"], j[f"{side}_elbow"], shirt, 1.3, outlined=True)
+        p.segment(j[f"{side}_elbow"], j[f"{side}_hand"], skin, 1.0, outlined=True)
         p.disc(j[f"{side}_hand"], 0.07, skin)
     head = j["head"]
-    p.disc(head, 0.3, skin)
+    p.disc(head, 0.3, skin, INK)
     if p.rng.random() < 0.6:  # hair, a nuisance the classes share
         p.arc(head, 0.28, 180, 360, p.colour(), 1.5)
     face_x = head[0] + 0.1 + figure.head_tilt
-    ink = (20, 20, 20)
     for ex in (-0.09, 0.09):
         eye = (face_x + ex, head[1] - 0.07)
         if figure.eyes == "closed":
-            p.segment((eye[0] - 0.05, eye[1]), (eye[0] + 0.05, eye[1]), ink, 0.4)
+            p.segment((eye[0] - 0.05, eye[1]), (eye[0] + 0.05, eye[1]), INK, 0.4)
         else:
-            p.disc(eye, 0.035, ink)
+            p.disc(eye, 0.035, INK)
     if figure.mouth == "open":
-        p.disc((face_x, head[1] + 0.12), 0.12, ink)
+        p.disc((face_x, head[1] + 0.12), 0.12, INK)
     elif figure.mouth == "smile":
-        p.arc((face_x, head[1] + 0.02), 0.1, 20, 160, ink, 0.4)
+        p.arc((face_x, head[1] + 0.02), 0.1, 20, 160, INK, 0.4)
 
 
 # --- props ---------------------------------------------------------------------------------
@@ -143,7 +164,7 @@ def _draw_figure(p: Painter, figure: Figure, dx: float) -> None:
 def _phone(at: Point, upright: bool = True) -> Callable[[Painter], None]:
     w, h = (0.1, 0.2) if upright else (0.2, 0.1)
     return lambda p: p.box((at[0] - w, at[1] - h), (at[0] + w, at[1] + h),
-                           p.colour(), (10, 10, 10))
+                           p.colour(), INK)
 
 
 def _table(x0: float, x1: float, top: float) -> Callable[[Painter], None]:
@@ -178,19 +199,19 @@ def _bicycle(p: Painter) -> None:
 
 def _laptop(p: Painter) -> None:
     case = p.colour()
-    p.box((0.55, -0.3), (1.25, -0.2), case, (10, 10, 10))
+    p.box((0.55, -0.3), (1.25, -0.2), case, INK)
     p.draw.polygon([p.px((1.25, -0.25)), p.px((1.45, -0.95)), p.px((1.52, -0.9)),
-                    p.px((1.32, -0.2))], fill=case, outline=(10, 10, 10))
+                    p.px((1.32, -0.2))], fill=case, outline=INK)
 
 
 def _plate_and_food(p: Painter) -> None:
-    p.disc((1.0, -0.3), 0.2, p.colour(), (10, 10, 10))
+    p.disc((1.0, -0.3), 0.2, p.colour(), INK)
     p.disc((1.0, -0.36), 0.08, p.colour())
 
 
 def _cup(at: Point) -> Callable[[Painter], None]:
     return lambda p: p.box((at[0] - 0.08, at[1] - 0.16), (at[0] + 0.1, at[1] + 0.14),
-                           p.colour(), (10, 10, 10))
+                           p.colour(), INK)
 
 
 def _fork(at: Point) -> Callable[[Painter], None]:
@@ -200,8 +221,8 @@ def _fork(at: Point) -> Callable[[Painter], None]:
 def _headphones(p: Painter) -> None:
     band = p.colour()
     p.arc((0.0, -1.42), 0.36, 190, 350, band, 1.2)
-    p.box((-0.4, -1.52), (-0.27, -1.3), band, (10, 10, 10))
-    p.box((0.27, -1.52), (0.4, -1.3), band, (10, 10, 10))
+    p.box((-0.4, -1.52), (-0.27, -1.3), band, INK)
+    p.box((0.27, -1.52), (0.4, -1.3), band, INK)
 
 
 def _clap_lines(p: Painter) -> None:
@@ -216,11 +237,11 @@ def _clap_lines(p: Painter) -> None:
 def _bed(p: Painter) -> None:
     # Drawn in the rotated frame of a lying figure: along the body, behind it.
     p.box((-0.45, -1.95), (0.45, 1.45), p.colour())
-    p.box((-0.35, -1.9), (0.35, -1.2), p.colour(), (10, 10, 10))
+    p.box((-0.35, -1.9), (0.35, -1.2), p.colour(), INK)
 
 
 def _blanket(p: Painter) -> None:
-    p.box((-0.42, 0.1), (0.42, 1.4), p.colour(), (10, 10, 10))
+    p.box((-0.42, 0.1), (0.42, 1.4), p.colour(), INK)
 
 
 # --- the 15 actions ------------------------------------------------------------------------
@@ -306,10 +327,10 @@ def _scene(label: str) -> Scene:
 
 
 def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
-    for _ in range(rng.integers(2, 9)):
+    for _ in range(rng.integers(1, 6)):
         x0, y0 = rng.uniform(-0.2, 1.0, 2) * size
         w, h = rng.uniform(0.05, 0.45, 2) * size
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        colour = random_colour(rng, SCENERY_LIGHTNESS)
         kind = rng.integers(3)
         if kind == 0:
             draw.rectangle([x0, y0, x0 + w, y0 + h], fill=colour)
@@ -324,11 +345,11 @@ def render(label: str, size: int, rng: np.random.Generator) -> Image.Image:
     scene = _scene(label)
     supersample = 2
     canvas = size * supersample
-    background = tuple(int(c) for c in rng.integers(0, 256, 3))
+    background = random_colour(rng, SCENERY_LIGHTNESS)
     image = Image.new("RGB", (canvas, canvas), background)
     _clutter(ImageDraw.Draw(image), rng, canvas)
-    unit = canvas * rng.uniform(0.15, 0.22)
-    origin = (canvas * rng.uniform(0.38, 0.62), canvas * rng.uniform(0.5, 0.6))
+    unit = canvas * rng.uniform(0.2, 0.26)
+    origin = (canvas * rng.uniform(0.4, 0.6), canvas * rng.uniform(0.5, 0.56))
     painter = Painter(image, rng, unit, origin, mirror=bool(rng.random() < 0.5),
                       rotation=scene.rotation + rng.normal(0, 6),
                       line=max(2, round(unit * rng.uniform(0.13, 0.2))))
@@ -338,17 +359,18 @@ def render(label: str, size: int, rng: np.random.Generator) -> Image.Image:
         _draw_figure(painter, figure, dx)
     for prop in scene.in_front:
         prop(painter)
-    if rng.random() < 0.3:  # a partial occluder in front of everything
+    if rng.random() < 0.2:  # a partial occluder in front of everything
         x0, y0 = rng.uniform(0, 0.8, 2) * canvas
-        w, h = rng.uniform(0.1, 0.3, 2) * canvas
+        w, h = rng.uniform(0.08, 0.22, 2) * canvas
         draw = ImageDraw.Draw(image)
         draw.rectangle([x0, y0, x0 + w, y0 + h],
-                       fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+                       fill=random_colour(rng, SCENERY_LIGHTNESS))
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def generate(images_per_class: int, size: int, seed: int) -> list[tuple[str, Image.Image]]:
-    """All images of a balanced synthetic HAR set, deterministic for a seed, class-interleaved."""
+def generate(images_per_class: int, size: int, seed: int) -> Iterator[tuple[str, Image.Image]]:
+    """A balanced synthetic HAR set, deterministic for a seed, classes interleaved, lazily."""
     rng = np.random.default_rng(seed)
-    return [(label, render(label, size, rng))
-            for _ in range(images_per_class) for label in CLASS_NAMES]
+    for _ in range(images_per_class):
+        for label in CLASS_NAMES:
+            yield label, render(label, size, rng)

@@ -1,0 +1,210 @@
+"""Models: open_clip CLIP/SigLIP backbones with a class-prompt classification head.
+
+The HAR recipe uses open_clip's own architectures (`ViT-B-32-quickgelu`, `ViT-B-16-SigLIP`,
+`ViT-B-16-quickgelu`). The offline demo uses tiny configs of the same families shipped in
+`model_configs/` and registered with open_clip on import: `harclip-tiny-clip` (an open_clip
+ViT) and `harclip-tiny-siglip` (a timm ViT tower with attention pooling, like SigLIP's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from harclip.stage import StageError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@register_model
+def harclip_vit_tiny_patch8_64_siglip(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """A 4-layer, 128-wide timm ViT at 64 px with SigLIP's pooling (no class token, MAP head)."""
+    if pretrained:
+        raise ValueError("harclip_vit_tiny_patch8_64_siglip has no pretrained weights")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    architecture = {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4,
+                    "num_heads": 4, "class_token": False, "global_pool": "map"}
+    return VisionTransformer(**{**architecture, **kwargs})
+
+
+def class_prompt_name(label: str) -> str:
+    """How a HAR label reads inside a prompt: `listening_to_music` → `listening to music`."""
+    return label.replace("_", " ")
+
+
+def is_siglip(clip: nn.Module) -> bool:
+    """SigLIP models carry a learned logit bias; softmax-CLIP models do not."""
+    return getattr(clip, "logit_bias", None) is not None
+
+
+def create_backbone(name: str, pretrained: str | None,
+                    image_size: int | None = None) -> nn.Module:
+    """An open_clip model by name; `pretrained` is a tag (e.g. `openai`), a local file, or None.
+
+    Failing to fetch a tag's weights (no network) is an error that says how to go on offline.
+    """
+    if name not in open_clip.list_models():
+        raise StageError(f"unknown model {name!r}: expected an open_clip model name (e.g. "
+                         f"ViT-B-32-quickgelu) or one shipped here: harclip-tiny-clip, "
+                         f"harclip-tiny-siglip")
+    if pretrained and not Path(pretrained).is_file():
+        if Path(pretrained).suffix or "/" in pretrained:
+            raise StageError(f"{pretrained}: pretrained checkpoint file not found")
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise StageError(f"{name}: unknown pretrained tag {pretrained!r} (known: "
+                             f"{', '.join(tags) or 'none'}; or give a local checkpoint file)")
+    try:
+        return open_clip.create_model(name, pretrained=pretrained or None,
+                                      force_image_size=image_size)
+    except Exception as err:  # the hub client raises many network error types
+        if not pretrained or Path(pretrained).is_file():
+            raise
+        raise StageError(
+            f"could not fetch pretrained weights {pretrained!r} for {name} "
+            f"({type(err).__name__}: {err}). Without network access, download the weights "
+            f"elsewhere and set pretrained to the local file path, or set pretrained: null "
+            f"to train from random initialisation") from err
+
+
+def create_tokenizer(name: str):
+    """The model's tokenizer; SigLIP's comes from the Hugging Face hub and needs a download.
+
+    The tiny models shipped here use open_clip's built-in BPE tokenizer, which works offline
+    (open_clip would otherwise pick SigLIP's hub tokenizer for any name containing "siglip").
+    """
+    if (MODEL_CONFIG_DIR / f"{name}.json").is_file():
+        context_length = open_clip.get_model_config(name)["text_cfg"]["context_length"]
+        return open_clip.SimpleTokenizer(context_length=context_length)
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception as err:  # HF tokenizers raise network and file errors of many types
+        raise StageError(
+            f"could not load the tokenizer of {name} ({type(err).__name__}: {err}); it comes "
+            f"from the Hugging Face hub. Run once with network access to cache it, or use a "
+            f"model with open_clip's built-in tokenizer (e.g. harclip-tiny-siglip)") from err
+
+
+class PromptEncoder(nn.Module):
+    """Class-prompt text embeddings (templates averaged, normalised) from the live text tower."""
+
+    def __init__(self, tokenizer, class_names: Sequence[str], templates: Sequence[str]):
+        super().__init__()
+        texts = [template.format(class_prompt_name(name))
+                 for name in class_names for template in templates]
+        self.register_buffer("tokens", tokenizer(texts), persistent=False)
+        self.num_classes, self.num_templates = len(class_names), len(templates)
+
+    def forward(self, clip: nn.Module) -> torch.Tensor:
+        embeddings = clip.encode_text(self.tokens, normalize=True)
+        embeddings = embeddings.reshape(self.num_classes, self.num_templates, -1).mean(dim=1)
+        return F.normalize(embeddings, dim=-1)
+
+
+class HarClassifier(nn.Module):
+    """An open_clip model whose normalised image embedding feeds a linear class head."""
+
+    def __init__(self, clip: nn.Module, num_classes: int, embed_dim: int):
+        super().__init__()
+        self.clip = clip
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(images, normalize=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.image_features(images))
+
+
+def init_head(model: HarClassifier, text_features: torch.Tensor, how: str) -> None:
+    """Set the head so logits are the model's own image–text logits.
+
+    `text`: rows are the normalised class-prompt embeddings times the logit scale (plus
+    SigLIP's logit bias), so a pretrained model starts at its zero-shot accuracy. `random`:
+    random unit rows at the same scale (image features are unit-norm, so a head of
+    nn.Linear's default norm would give near-uniform logits).
+    """
+    clip = model.clip
+    rows = text_features if how == "text" else \
+        F.normalize(torch.randn_like(text_features), dim=-1)
+    with torch.no_grad():
+        model.head.weight.copy_(rows * clip.logit_scale.exp())
+        model.head.bias.fill_(float(clip.logit_bias) if is_siglip(clip) else 0.0)
+
+
+def image_normalisation(clip: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the backbone was trained with (CLIP's and SigLIP's differ)."""
+    cfg = clip.visual.preprocess_cfg
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def model_image_size(clip: nn.Module) -> int:
+    size = clip.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+CHECKPOINT_FORMAT = "harclip-classifier"
+CHECKPOINT_VERSION = 1
+
+
+def build_classifier(name: str, pretrained: str | None, num_classes: int,
+                     image_size: int | None = None) -> HarClassifier:
+    """A backbone by name with an (uninitialised) class head of the right width."""
+    clip = create_backbone(name, pretrained, image_size)
+    return HarClassifier(clip, num_classes, open_clip.get_model_config(name)["embed_dim"])
+
+
+def save_checkpoint(path: Path, model: HarClassifier, name: str, class_names: Sequence[str],
+                    extra: dict) -> None:
+    """Everything needed to use the weights later, written atomically."""
+    mean, std = image_normalisation(model.clip)
+    payload = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": name,
+        "model_config": open_clip.get_model_config(name),
+        "image_size": model_image_size(model.clip), "mean": list(mean), "std": list(std),
+        "class_names": list(class_names), **extra,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
+
+
+def load_checkpoint(path: Path | str) -> tuple[HarClassifier, dict]:
+    """Rebuild a saved classifier; a file of another format or architecture is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors for anything not a checkpoint
+        raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") \
+            from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise StageError(f"{path}: not a harclip checkpoint (expected format "
+                         f"{CHECKPOINT_FORMAT!r}); train one with `dvc repro`")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise StageError(f"{path}: checkpoint format version {payload.get('version')} is not "
+                         f"the supported version {CHECKPOINT_VERSION}; retrain it")
+    name = payload["model"]
+    if name not in open_clip.list_models() or \
+            open_clip.get_model_config(name) != payload["model_config"]:
+        raise StageError(f"{path}: saved for a {name} whose architecture differs from the "
+                         f"{name} known here; retrain it or use the code it was saved with")
+    model = build_classifier(name, None, len(payload["class_names"]), payload["image_size"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise StageError(f"{path}: its weights do not fit {name}: {err}") from err
+    model.eval()
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}
