@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harclip.config import TrainConfig
-from harclip.engine import Objective, parameter_groups
+from harclip.engine import Batch, Objective, parameter_groups
 from harclip.har import CLASS_NAMES
 from harclip.models import PromptEncoder, build_classifier, init_head, load_checkpoint
 from tests.dvc_project import DvcProject, tiny_params
@@ -22,7 +22,7 @@ STUDY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epo
 def tiny_training_params() -> dict:
     params = tiny_params()
     params["preprocess"]["image_size"] = 32
-    for section in ("train_clip", "train_sglip"):
+    for section in ("train_clip", "train_sglip", "train_aclip"):
         params[section].update(epochs=2, batch_size=16, log_every=1)
     return params
 
@@ -46,11 +46,18 @@ def test_train_stages_write_checkpoint_logs_and_metrics_and_rerun_only_when_edit
     assert metrics["parameters"] == sum(p.numel() for p in model.parameters())
     assert project.dvc("status", "train_clip").strip().startswith("Data and pipelines are up")
 
-    assert project.repro() == ["train_sglip"]
+    assert sorted(project.repro()) == ["train_aclip", "train_sglip"]
+    for name in ("sglip", "aclip"):
+        assert (tmp_path / "models" / f"{name}.pt").is_file()
+        assert (tmp_path / "metrics" / name / "train.json").is_file()
+        assert (tmp_path / "logs" / name / "epochs.tsv").is_file()
     project.commit("trained")
     project.set_param("train_sglip.lr", 5e-4)
     assert project.changed_stages() == {"train_sglip"}
     assert project.repro() == ["train_sglip"]
+    project.set_param("train_aclip.aclip.keep_ratio", 0.25)
+    assert project.changed_stages() == {"train_aclip"}
+    assert project.repro() == ["train_aclip"]
     assert project.changed_stages() == set()
 
 
@@ -72,7 +79,7 @@ def test_har_recipe_architecture_takes_a_training_step_on_cpu(name):
     images = torch.randn(2, 3, *(size if isinstance(size, tuple) else (size, size)))
     labels = torch.tensor([0, 7])
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=1e-5)
-    loss, logits = Objective().loss(model, images, labels)
+    loss, logits = Objective().loss(model, Batch(images, labels))
     loss.backward()
     optimizer.step()
     assert logits.shape == (2, 15) and torch.isfinite(loss)

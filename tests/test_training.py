@@ -10,6 +10,7 @@ import torch
 from harclip.augment import DeviceAugment
 from harclip.config import AugmentConfig, TrainConfig
 from harclip.engine import (
+    Batch,
     CachedSplit,
     Objective,
     TrainingDiverged,
@@ -51,11 +52,11 @@ def test_one_optimiser_step_lowers_the_loss_on_a_fixed_batch(name, contrastive_w
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4)
     images, labels = _batch()
     model.eval()  # no dropout: the same batch gives the same loss
-    before, _ = objective.loss(model, images, labels)
+    before, _ = objective.loss(model, Batch(images, labels))
     before.backward()
     optimizer.step()
     with torch.no_grad():
-        after, _ = objective.loss(model, images, labels)
+        after, _ = objective.loss(model, Batch(images, labels))
     assert after.item() < before.item()
 
 
@@ -86,7 +87,7 @@ def test_accumulating_micro_batches_gives_the_one_batch_gradient():
 
     def gradients(micro):
         model.zero_grad()
-        chunks = [(images[i:i + micro], labels[i:i + micro]) for i in range(0, 8, micro)]
+        chunks = [Batch(images[i:i + micro], labels[i:i + micro]) for i in range(0, 8, micro)]
         loss_sum, correct, finite = accumulate_gradients(model, Objective(), chunks, 8, scaler,
                                                          None)
         assert bool(finite) and int(correct) <= 8
@@ -123,7 +124,7 @@ def _augment(**kwargs):
 
 def test_augmentation_crops_differ_per_sample_and_stay_in_range():
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).repeat(6, 1, 1, 1)
-    out = _augment().train(images, torch.Generator().manual_seed(0))
+    out, _ = _augment().train(images, torch.Generator().manual_seed(0))
     assert out.shape == (6, 3, 16, 16) and out.dtype == torch.float32
     assert out.min() >= (0 - 0.5) / 0.25 - 1e-5 and out.max() <= (1 - 0.5) / 0.25 + 1e-5
     assert len({tuple(sample.flatten()[:20].tolist()) for sample in out}) == 6
@@ -131,20 +132,18 @@ def test_augmentation_crops_differ_per_sample_and_stay_in_range():
 
 def test_augmentation_is_deterministic_under_a_seed():
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    first = _augment().train(images, torch.Generator().manual_seed(3))
-    again = _augment().train(images, torch.Generator().manual_seed(3))
-    other = _augment().train(images, torch.Generator().manual_seed(4))
+    first, _ = _augment().train(images, torch.Generator().manual_seed(3))
+    again, _ = _augment().train(images, torch.Generator().manual_seed(3))
+    other, _ = _augment().train(images, torch.Generator().manual_seed(4))
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
 def test_flip_really_mirrors_and_a_full_crop_is_the_image_itself():
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     full = _augment(scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    generator = torch.Generator().manual_seed(0)
-    theta = full.crop_params(32, torch.Generator().manual_seed(0), images.device)
+    out, theta = full.train(images, torch.Generator().manual_seed(0))
     mirrored = theta[:, 0, 0] < 0
     assert 0 < mirrored.sum() < 32
-    out = full.train(images, generator)
     plain = full.eval(images)
     assert torch.allclose(out[~mirrored], plain[~mirrored], atol=1e-5)
     assert torch.allclose(out[mirrored], plain[mirrored].flip(-1), atol=1e-5)
@@ -255,8 +254,8 @@ class _NanAfter(Objective):
     def __init__(self, good_steps):
         self.calls, self.good_steps = 0, good_steps
 
-    def loss(self, model, images, labels):
-        loss, logits = super().loss(model, images, labels)
+    def loss(self, model, batch):
+        loss, logits = super().loss(model, batch)
         self.calls += 1
         return (loss * math.nan if self.calls > self.good_steps else loss), logits
 

@@ -48,14 +48,15 @@ class DeviceAugment:
         theta[:, 1, 2] = centre_y
         return theta
 
-    def train(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Random resized crop + flip, a different one per sample."""
+    def train(self, images: torch.Tensor,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random resized crop + flip, a different one per sample; also each crop's matrix."""
         theta = self.crop_params(images.shape[0], generator, images.device)
         grid = F.affine_grid(theta, [images.shape[0], 3, self.out_size, self.out_size],
                              align_corners=False)
         warped = F.grid_sample(images.float() / 255.0, grid, mode="bilinear",
                                padding_mode="reflection", align_corners=False)
-        return self._normalise(warped)
+        return self._normalise(warped), theta
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
         """The whole cached view, resized to the model's input size."""

@@ -141,6 +141,30 @@ class TrainConfig:
 
 
 @dataclass(config=_STRICT)
+class AclipConfig:
+    """A-CLIP's attentive token masking."""
+
+    keep_ratio: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 0.5
+    """Share of patch tokens the student sees ([CLS] is always kept)."""
+    selection: Literal["block", "patch"] = "block"
+    """block: whole 2×2-patch blocks, as the official code; patch: single patches."""
+    momentum: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.996
+    """EMA teacher momentum at the start; it rises to 1 on a cosine schedule."""
+    saliency: Literal["teacher", "cached"] = "teacher"
+    """teacher: an EMA-teacher pass every step; cached: per-image maps refreshed every
+    refresh_epochs and warped with each crop (no per-step teacher pass)."""
+    refresh_epochs: Annotated[StrictInt, Field(ge=1)] = 1
+
+
+@dataclass(config=_STRICT)
+class AclipTrainConfig(TrainConfig):
+    """train_aclip: a training run plus A-CLIP's masking; λ is contrastive_weight."""
+
+    contrastive_weight: Annotated[StrictFloat, Field(ge=0.0)] = 1.0
+    aclip: AclipConfig = Field(default_factory=AclipConfig)
+
+
+@dataclass(config=_STRICT)
 class Params:
     """All of params.yaml. Sections a stage does not read are still validated."""
 
@@ -149,6 +173,7 @@ class Params:
     train_clip: TrainConfig = Field(default_factory=TrainConfig)
     train_sglip: TrainConfig = Field(
         default_factory=lambda: TrainConfig(model="harclip-tiny-siglip"))
+    train_aclip: AclipTrainConfig = Field(default_factory=AclipTrainConfig)
 
 
 SectionT = TypeVar("SectionT")

@@ -48,14 +48,27 @@ class EpochRecord:
     lr: float
 
 
-class Objective:
-    """A method's loss; CE on the class head, plus an optional image–text contrastive term."""
+@dataclass
+class Batch:
+    """One micro-batch on the device: augmented images, labels, their rows in the split and
+    each crop's affine matrix (for methods that warp per-image data the same way)."""
 
-    def loss(self, model: nn.Module, images: torch.Tensor,
-             labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, class logits) for one micro-batch of augmented images."""
-        logits = model(images)
-        return F.cross_entropy(logits, labels), logits
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor | None = None
+    crop: torch.Tensor | None = None
+
+
+class Objective:
+    """A method's loss: by default cross-entropy on the class head."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, class logits) for one micro-batch."""
+        logits = model(batch.images)
+        return F.cross_entropy(logits, batch.labels), logits
+
+    def before_epoch(self, epoch: int, split: CachedSplit, augment: DeviceAugment) -> None:
+        """Hook for per-epoch work (A-CLIP's cached saliency)."""
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state that follows the weights (A-CLIP's EMA teacher)."""
@@ -123,19 +136,21 @@ class CachedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, order: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor,
-                                                                        torch.Tensor]]:
-        """uint8 image and label batches on the device, in `order` (a CPU index tensor)."""
+    def batches(self, order: torch.Tensor, size: int,
+                with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(uint8 images, labels[, rows]) on the device, in `order` (a CPU index tensor)."""
         for start in range(0, len(order), size):
             index = order[start:start + size]
+            on_device = index.to(self.device, non_blocking=True)
             if self.images.device == self.device:
-                yield self.images[index.to(self.device)], self.labels[index.to(self.device)]
+                images = self.images[on_device]
             else:
                 images = self.images[index]
                 if self.device.type == "cuda":
                     images = images.pin_memory()
-                yield images.to(self.device, non_blocking=True), \
-                    self.labels[index.to(self.device)]
+                images = images.to(self.device, non_blocking=True)
+            yield (images, self.labels[on_device], on_device) if with_index else \
+                (images, self.labels[on_device])
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -168,7 +183,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def accumulate_gradients(model: nn.Module, objective: Objective,
-                         micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         micro_batches: Iterable[Batch],
                          group_size: int, scaler: torch.amp.GradScaler,
                          dtype: torch.dtype | None, bar=None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -181,9 +196,10 @@ def accumulate_gradients(model: nn.Module, objective: Objective,
     """
     loss_sum = correct = None
     finite = None
-    for images, labels in micro_batches:
-        with autocast(images.device, dtype):
-            loss, logits = objective.loss(model, images, labels)
+    for batch in micro_batches:
+        labels = batch.labels
+        with autocast(labels.device, dtype):
+            loss, logits = objective.loss(model, batch)
         scaler.scale(loss * (len(labels) / group_size)).backward()
         batch_loss = loss.detach().float() * len(labels)
         batch_correct = (logits.detach().argmax(dim=1) == labels).sum()
@@ -215,6 +231,7 @@ def train(model: nn.Module, objective: Objective, train_split: CachedSplit,
     history: list[EpochRecord] = []
     step = 0
     for epoch in range(1, config.epochs + 1):
+        objective.before_epoch(epoch, train_split, augment)
         model.train()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -228,8 +245,8 @@ def train(model: nn.Module, objective: Objective, train_split: CachedSplit,
         for group_start in range(0, len(order), config.batch_size):
             group = order[group_start:group_start + config.batch_size]
             scheduler.step_update(step)
-            micro_batches = ((augment.train(images, crops), labels)
-                             for images, labels in train_split.batches(group, micro))
+            micro_batches = (_augmented(augment, crops, *parts)
+                             for parts in train_split.batches(group, micro, with_index=True))
             group_loss, group_correct, finite = accumulate_gradients(
                 model, objective, micro_batches, len(group), scaler, dtype, bar)
             loss_sum += group_loss
@@ -261,6 +278,12 @@ def train(model: nn.Module, objective: Objective, train_split: CachedSplit,
         history.append(record)
         on_epoch(record)
     return history
+
+
+def _augmented(augment: DeviceAugment, generator: torch.Generator, images: torch.Tensor,
+               labels: torch.Tensor, index: torch.Tensor) -> Batch:
+    views, crop = augment.train(images, generator)
+    return Batch(views, labels, index, crop)
 
 
 def _check_finite(first_bad_step: torch.Tensor, epoch: int, steps_per_epoch: int) -> None:

@@ -1,4 +1,4 @@
-"""train_clip / train_sglip stages: fine-tune one model on the cache, keep its best epoch.
+"""train_clip / train_sglip / train_aclip: fine-tune one model, keep its best epoch.
 
     python -m harclip.train clip      # reads params.yaml section train_clip
 
@@ -22,8 +22,9 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
 from harclip import stage
+from harclip.aclip import AclipObjective
 from harclip.augment import DeviceAugment
-from harclip.config import Params, TrainConfig, load_params
+from harclip.config import AclipTrainConfig, Params, TrainConfig, load_params
 from harclip.engine import (
     CachedSplit,
     EpochRecord,
@@ -46,7 +47,7 @@ from harclip.models import (
 )
 from harclip.preprocess import CACHE_DIR, load_split
 
-METHODS = ("clip", "sglip")
+METHODS = ("clip", "sglip", "aclip")
 
 
 class ContrastiveObjective(Objective):
@@ -61,11 +62,11 @@ class ContrastiveObjective(Objective):
         self.contrastive = SigLipLoss() if siglip else ClipLoss()
         self.siglip = siglip
 
-    def loss(self, model, images, labels):
-        features = model.image_features(images)
+    def loss(self, model, batch):
+        features = model.image_features(batch.images)
         logits = model.head(features)
-        loss = nn.functional.cross_entropy(logits, labels)
-        text = self.prompts(model.clip)[labels]
+        loss = nn.functional.cross_entropy(logits, batch.labels)
+        text = self.prompts(model.clip)[batch.labels]
         scale = model.clip.logit_scale.exp()
         if self.siglip:
             contrastive = self.contrastive(features, text, scale, model.clip.logit_bias)
@@ -99,6 +100,8 @@ def build_model(config: TrainConfig) -> tuple[HarClassifier, PromptEncoder]:
 
 def build_objective(config: TrainConfig, model: HarClassifier,
                     prompts: PromptEncoder) -> Objective:
+    if isinstance(config, AclipTrainConfig):
+        return AclipObjective(model, prompts, config.aclip, config.contrastive_weight)
     if config.contrastive_weight:
         return ContrastiveObjective(prompts, config.contrastive_weight, is_siglip(model.clip))
     return Objective()
@@ -145,6 +148,7 @@ def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
     model, prompts = build_model(config)
     model.to(device)
     prompts.to(device)
+    objective = build_objective(config, model, prompts)
     if config.compile:
         model.clip.visual.compile()
     augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip),
@@ -166,8 +170,8 @@ def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
                 "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
 
     try:
-        history = train(model, build_objective(config, model, prompts), train_split,
-                        val_split, augment, config, on_epoch, describe=name)
+        history = train(model, objective, train_split, val_split, augment, config, on_epoch,
+                        describe=name)
     finally:
         run_log.close()
     metrics = {
