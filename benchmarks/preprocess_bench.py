@@ -16,9 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hardware import describe  # benchmarks/ is on sys.path when a script here runs
-
 from harclip.config import PreprocessConfig
+from harclip.hardware import describe
 from harclip.preprocess import preprocess
 
 DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "har-sample"

@@ -39,6 +39,11 @@ class ConfigError(ValueError):
     """params.yaml is missing, unreadable or holds a value the pipeline cannot use."""
 
 
+def _check_device(device: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
 @dataclass(config=_STRICT)
 class SyntheticConfig:
     """The embedded, procedurally drawn HAR-shaped dataset (offline)."""
@@ -132,8 +137,7 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
             raise ValueError("prompt_templates: each template needs a '{}' where the action goes")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device {self.device!r}: expected auto, cpu, cuda or cuda:N")
+        _check_device(self.device)
 
     @property
     def accumulation_steps(self) -> int:
@@ -165,6 +169,26 @@ class AclipTrainConfig(TrainConfig):
 
 
 @dataclass(config=_STRICT)
+class EvaluateConfig:
+    """Scoring each best checkpoint on the validation split."""
+
+    batch_size: Annotated[StrictInt, Field(ge=1)] = 256
+    device: StrictStr = "auto"
+    zero_shot: StrictBool = True
+    """Also score the untouched pretrained backbone with the class-prompt head (epoch 0)."""
+
+    def __post_init__(self) -> None:
+        _check_device(self.device)
+
+
+@dataclass(config=_STRICT)
+class PlotConfig:
+    """The figures in plots/."""
+
+    dpi: Annotated[StrictInt, Field(ge=50, le=600)] = 120
+
+
+@dataclass(config=_STRICT)
 class Params:
     """All of params.yaml. Sections a stage does not read are still validated."""
 
@@ -174,6 +198,8 @@ class Params:
     train_sglip: TrainConfig = Field(
         default_factory=lambda: TrainConfig(model="harclip-tiny-siglip"))
     train_aclip: AclipTrainConfig = Field(default_factory=AclipTrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    plot: PlotConfig = Field(default_factory=PlotConfig)
 
 
 SectionT = TypeVar("SectionT")

@@ -123,7 +123,7 @@ class CachedSplit:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device,
                  device_fraction: float = 0.5) -> None:
-        array = torch.from_numpy(np.ascontiguousarray(images))
+        array = torch.from_numpy(np.array(images))  # reads a memory-mapped cache into RAM
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.device = device
         fits = device.type == "cuda" and \

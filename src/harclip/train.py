@@ -34,6 +34,7 @@ from harclip.engine import (
     train,
 )
 from harclip.har import CLASS_NAMES
+from harclip.hardware import describe
 from harclip.models import (
     HarClassifier,
     PromptEncoder,
@@ -183,6 +184,7 @@ def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": str(device),
+        "hardware": describe(),
     }
     (metrics_dir / name).mkdir(parents=True, exist_ok=True)
     (metrics_dir / name / "train.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,10 +1,12 @@
-"""A one-line description of the machine a benchmark ran on, for the recorded results."""
+"""A one-line description of the machine a run or benchmark used, for recorded results."""
 
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+
+import torch
 
 
 def describe() -> str:
@@ -20,12 +22,5 @@ def describe() -> str:
     if meminfo.is_file():
         kib = int(meminfo.read_text().split()[1])
         memory = f", {kib / 2**20:.0f} GiB RAM"
-    gpu = ""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f", GPU: {torch.cuda.get_device_name()}"
-    except ImportError:
-        pass
+    gpu = f", GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return f"{len(os.sched_getaffinity(0))} CPU cores ({cpu}){memory}{gpu}"

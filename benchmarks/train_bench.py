@@ -1,0 +1,201 @@
+"""Benchmark the training stages' engine: images/s, time per HAR epoch and peak memory.
+
+    python benchmarks/train_bench.py                      # the HAR recipe on a GPU
+    python benchmarks/train_bench.py --small --device cpu # tiny shapes, any machine
+
+Runs the real engine (`harclip.engine.train`: device-resident uint8 cache, on-device
+augmentation, bf16 autocast, fused AdamW, optional torch.compile) on HAR-sized synthetic data
+for each method, and, for comparison, the naive input path (JPEG files decoded by PIL and
+augmented by torchvision in DataLoader workers) feeding the same CLIP model. Timings come
+from the second epoch, after warm-up and compilation. Weights are random: speed does not
+depend on them, and no download is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from harclip.aclip import AclipObjective
+from harclip.augment import DeviceAugment
+from harclip.config import AclipConfig, AclipTrainConfig, TrainConfig
+from harclip.engine import Batch, CachedSplit, Objective, resolve_device, train
+from harclip.har import CLASS_NAMES
+from harclip.hardware import describe
+from harclip.models import (
+    PromptEncoder,
+    build_classifier,
+    create_tokenizer,
+    image_normalisation,
+    init_head,
+    model_image_size,
+)
+from harclip.synthetic import generate
+
+HAR_TRAIN_IMAGES = 10_080  # 80 % of HAR's 12,600 labelled images
+
+
+def cases(small: bool, batch: int, compile_: bool) -> list[tuple[str, TrainConfig]]:
+    """(label, config) for every method measured; `small` swaps in the tiny models."""
+    base = TrainConfig(epochs=2, batch_size=batch, warmup_epochs=0.0, compile=compile_,
+                       log_every=10**9, head_init="random")
+    clip, siglip, vit16 = (("harclip-tiny-clip", "harclip-tiny-siglip", "harclip-tiny-clip")
+                           if small else
+                           ("ViT-B-32-quickgelu", "ViT-B-16-SigLIP", "ViT-B-16-quickgelu"))
+    aclip = AclipTrainConfig(**{**asdict(base), "model": vit16, "contrastive_weight": 0.5})
+    return [
+        ("train_clip", replace(base, model=clip)),
+        ("train_sglip", replace(base, model=siglip)),
+        ("full-token ViT-B/16", replace(base, model=vit16)),
+        ("train_aclip, teacher every step",
+         replace(aclip, aclip=AclipConfig(saliency="teacher"), compile=False)),
+        ("train_aclip, cached saliency",
+         replace(aclip, aclip=AclipConfig(saliency="cached"), compile=False)),
+    ]
+
+
+def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Objective]:
+    """The classifier (random weights) and its objective; SigLIP's hub tokenizer is skipped."""
+    model = build_classifier(config.model, None, len(CLASS_NAMES)).to(device)
+    init_head(model, torch.randn(len(CLASS_NAMES), model.head.in_features, device=device),
+              "random")
+    if isinstance(config, AclipTrainConfig):
+        prompts = PromptEncoder(create_tokenizer(config.model), CLASS_NAMES,
+                                config.prompt_templates).to(device)
+        return model, AclipObjective(model, prompts, config.aclip, config.contrastive_weight)
+    for param in model.clip.parameters():
+        param.requires_grad_(False)
+    for param in [*model.clip.visual.parameters(), *model.head.parameters()]:
+        param.requires_grad_(True)
+    return model, Objective()
+
+
+def synthetic_cache(count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` generated HAR-like images at `size` px as a uint8 N×3×S×S array."""
+    images = np.empty((count, 3, size, size), np.uint8)
+    labels = np.empty(count, np.int64)
+    for index, (label, image) in enumerate(generate(-(-count // 15), size, seed=0)):
+        if index == count:
+            break
+        images[index] = np.asarray(image).transpose(2, 0, 1)
+        labels[index] = CLASS_NAMES.index(label)
+    return images, labels
+
+
+def measure(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
+            device: torch.device) -> dict:
+    model, objective = build(config, device)
+    if config.compile:
+        model.clip.visual.compile()
+    augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip))
+    train_split = CachedSplit(images, labels, device)
+    val_split = CachedSplit(images[:64], labels[:64], device)
+    history = train(model, objective, train_split, val_split, augment, config)
+    timed = history[-1]
+    return {"images_per_s": timed.images_per_s, "epoch_time_s": timed.epoch_time_s,
+            "peak_memory_mb": timed.peak_memory_mb}
+
+
+def naive_input_path(images: np.ndarray, config: TrainConfig, device: torch.device,
+                     workers: int) -> dict:
+    """The same CLIP step, fed by JPEG files through PIL + torchvision in DataLoader workers."""
+    from PIL import Image
+    from torchvision import datasets, transforms
+
+    model, objective = build(config, device)
+    size = model_image_size(model.clip)
+    mean, std = image_normalisation(model.clip)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=1e-5, fused=device.type == "cuda")
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "x").mkdir()
+        for index, array in enumerate(images):
+            Image.fromarray(array.transpose(1, 2, 0)).save(Path(folder) / "x" / f"{index}.jpg",
+                                                           quality=90)
+        dataset = datasets.ImageFolder(folder, transforms.Compose([
+            transforms.RandomResizedCrop(size, scale=(0.35, 1.0)),
+            transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+            transforms.Normalize(mean, std)]))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size,
+                                             shuffle=True, num_workers=workers,
+                                             pin_memory=device.type == "cuda",
+                                             persistent_workers=workers > 0, drop_last=True)
+        dtype = torch.bfloat16 if device.type == "cuda" else None
+        for _epoch in (1, 2):  # the second epoch is timed: workers and caches are warm
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started, seen = time.perf_counter(), 0
+            for batch, _ in loader:
+                batch = batch.to(device, non_blocking=True)
+                labels = torch.randint(0, len(CLASS_NAMES), (len(batch),), device=device)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    loss, _ = objective.loss(model, Batch(batch, labels))
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                seen += len(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - started
+    return {"images_per_s": seen / elapsed, "epoch_time_s": elapsed * len(images) / max(1, seen),
+            "peak_memory_mb": float("nan")}
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_argument("--small", action="store_true", help="tiny models at 64 px (CPU)")
+    cli.add_argument("--device", default="auto")
+    cli.add_argument("--images", type=int, help=f"training images (default: "
+                     f"{HAR_TRAIN_IMAGES}, or 512 with --small)")
+    cli.add_argument("--batch", type=int, help="batch size (default: 256, or 32 with --small)")
+    cli.add_argument("--compile", action="store_true", help="torch.compile the image towers")
+    cli.add_argument("--workers", type=int, default=16, help="naive path's DataLoader workers")
+    cli.add_argument("--only", nargs="*", help="measure only cases whose label contains these")
+    cli.add_argument("--json", type=Path, help="also write the results here")
+    args = cli.parse_args()
+    logging.disable(logging.WARNING)
+    device = resolve_device(args.device)
+    count = args.images or (512 if args.small else HAR_TRAIN_IMAGES)
+    batch = args.batch or (32 if args.small else 256)
+    size = 64 if args.small else 224
+    hardware = describe()
+    print(f"train benchmark — {hardware}; {count} images at {size} px, batch {batch}, "
+          f"device {device}")
+    images, labels = synthetic_cache(count, size)
+    rows = []
+    selected = [(label, config) for label, config in cases(args.small, batch, args.compile)
+                if not args.only or any(word in label for word in args.only)]
+    for label, config in selected:
+        result = measure(config, images, labels, device)
+        rows.append({"case": label, "model": config.model, **result})
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    clip_config = selected[0][1] if selected else cases(args.small, batch, False)[0][1]
+    naive = naive_input_path(images, replace(clip_config, compile=False), device,
+                             min(args.workers, len(os.sched_getaffinity(0))))
+    rows.append({"case": "train_clip, naive JPEG + DataLoader input", "model": clip_config.model,
+                 **naive})
+    har_epoch = HAR_TRAIN_IMAGES
+    print(f"{'case':<44} {'model':<20} {'img/s':>9} {'s/HAR epoch':>12} {'peak MB':>9}")
+    for row in rows:
+        row["har_epoch_s"] = har_epoch / row["images_per_s"]
+        print(f"{row['case']:<44} {row['model']:<20} {row['images_per_s']:>9.0f} "
+              f"{row['har_epoch_s']:>12.1f} {row['peak_memory_mb']:>9.0f}")
+    if args.json:
+        args.json.write_text(json.dumps({"hardware": hardware, "images": count,
+                                         "image_size": size, "batch": batch,
+                                         "device": str(device), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
