@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test lint bench lock clean-venv
+.PHONY: venv repro results test lint bench lock clean-venv
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 repro: venv
 	dvc repro
 
+# Rerun what changed, then copy plots/summary.md into README.md's results block.
+results: repro
+	python -m harclip.plot --update-readme README.md
+
 lint: venv
 	ruff check src tests benchmarks
 
@@ -29,6 +33,7 @@ test: lint
 
 bench: venv
 	python benchmarks/preprocess_bench.py
+	python benchmarks/train_bench.py --small --device cpu
 
 # Re-resolve requirements.lock from requirements.in (needs the package registry).
 lock:

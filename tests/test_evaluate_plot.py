@@ -138,3 +138,17 @@ def test_plot_names_a_missing_input_and_its_stage(tmp_path):
     with pytest.raises(StageError, match=r"aclip/eval.json: not found; the evaluate@aclip "
                                          r"stage makes it"):
         plot(PlotConfig(), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
+
+
+def test_readme_results_block_is_filled_from_the_summary(tmp_path):
+    from harclip.plot import splice_results
+
+    (tmp_path / "summary.md").write_text("| Model |\n| CLIP |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nrest\n")
+    splice_results(readme, tmp_path / "summary.md")
+    assert readme.read_text() == ("intro\n<!-- results:start -->\n| Model |\n| CLIP |\n"
+                                  "<!-- results:end -->\nrest\n")
+    readme.write_text("no markers")
+    with pytest.raises(StageError, match="no <!-- results:start -->"):
+        splice_results(readme, tmp_path / "summary.md")

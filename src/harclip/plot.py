@@ -70,6 +70,8 @@ def plot_confusion(name: str, predictions: list[dict], path: Path, dpi: int) -> 
     display = ConfusionMatrixDisplay(matrix, display_labels=[n.replace("_", " ") for n in names])
     display.plot(ax=axis, cmap="Blues", values_format=".2f", colorbar=True,
                  xticks_rotation=45, text_kw={"fontsize": 7})
+    for label in axis.get_xticklabels():
+        label.set(horizontalalignment="right", rotation_mode="anchor")
     accuracy = np.mean([r["actual"] == r["predicted"] for r in predictions])
     axis.set_title(f"{LABELS[name]}: confusion matrix, rows normalised "
                    f"(accuracy {accuracy:.1%}, {len(predictions)} val images)")
@@ -156,11 +158,30 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
     stage.log.info("plot: figures and tables in %s", out_dir)
 
 
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def splice_results(readme: Path, summary: Path) -> None:
+    """Copy plots/summary.md between the README's results markers, so it is never typed."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise stage.StageError(f"{readme}: no {README_START} … {README_END} block to fill")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    table = _read(summary, "plot")
+    readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}")
+
+
 def main() -> None:
     cli = stage.parser("Draw per-model curves and confusion matrices, the cross-model "
                        "comparison and the study's tables into plots/.")
+    cli.add_argument("--update-readme", type=Path, metavar="README",
+                     help="only copy plots/summary.md into README's results block and stop")
     args = cli.parse_args()
-    stage.run(lambda: plot(load_params(args.params).plot))
+    if args.update_readme:
+        stage.run(lambda: splice_results(args.update_readme, Path("plots/summary.md")))
+    else:
+        stage.run(lambda: plot(load_params(args.params).plot))
 
 
 if __name__ == "__main__":
