@@ -69,9 +69,11 @@ class DvcProject:
         output = self.dvc("repro", *targets)
         return re.findall(r"Running stage '([^']+)'", output)
 
-    def changed_stages(self) -> set[str]:
-        """Stages `dvc status` names as changed (only those whose own inputs changed)."""
-        return set(json.loads(self.dvc("status", "--json") or "{}"))
+    def changed_stages(self, *targets: str) -> set[str]:
+        """Stages `dvc status` names as changed (only those whose own inputs changed); with
+        targets, those and the stages they depend on."""
+        options = ("--with-deps", *targets) if targets else ()
+        return set(json.loads(self.dvc("status", "--json", *options) or "{}"))
 
 
 def tiny_params() -> dict:

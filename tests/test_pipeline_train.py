@@ -46,19 +46,20 @@ def test_train_stages_write_checkpoint_logs_and_metrics_and_rerun_only_when_edit
     assert metrics["parameters"] == sum(p.numel() for p in model.parameters())
     assert project.dvc("status", "train_clip").strip().startswith("Data and pipelines are up")
 
-    assert sorted(project.repro()) == ["train_aclip", "train_sglip"]
+    trained = ("train_sglip", "train_aclip")  # evaluate and plot are another test's subject
+    assert sorted(project.repro(*trained)) == ["train_aclip", "train_sglip"]
     for name in ("sglip", "aclip"):
         assert (tmp_path / "models" / f"{name}.pt").is_file()
         assert (tmp_path / "metrics" / name / "train.json").is_file()
         assert (tmp_path / "logs" / name / "epochs.tsv").is_file()
     project.commit("trained")
     project.set_param("train_sglip.lr", 5e-4)
-    assert project.changed_stages() == {"train_sglip"}
-    assert project.repro() == ["train_sglip"]
+    assert project.changed_stages("train_clip", *trained) == {"train_sglip"}
+    assert project.repro("train_clip", *trained) == ["train_sglip"]
     project.set_param("train_aclip.aclip.keep_ratio", 0.25)
-    assert project.changed_stages() == {"train_aclip"}
-    assert project.repro() == ["train_aclip"]
-    assert project.changed_stages() == set()
+    assert project.changed_stages("train_clip", *trained) == {"train_aclip"}
+    assert project.repro("train_clip", *trained) == ["train_aclip"]
+    assert project.changed_stages("train_clip", *trained) == set()
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32-quickgelu", "ViT-B-16-SigLIP"])
