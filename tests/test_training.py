@@ -12,6 +12,7 @@ from harclip.config import AugmentConfig, TrainConfig
 from harclip.engine import (
     Batch,
     CachedSplit,
+    ContrastiveObjective,
     Objective,
     TrainingDiverged,
     accumulate_gradients,
@@ -29,7 +30,7 @@ from harclip.models import (
     save_checkpoint,
 )
 from harclip.stage import StageError
-from harclip.train import ContrastiveObjective, build_model, build_objective
+from harclip.train import build_model, build_objective
 
 TINY = ("harclip-tiny-clip", "harclip-tiny-siglip")
 

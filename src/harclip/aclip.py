@@ -19,12 +19,11 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 from torch import nn
 
 from harclip.config import AclipConfig
-from harclip.engine import Batch, CachedSplit, Objective
-from harclip.models import PromptEncoder
+from harclip.engine import Batch, CachedSplit, ContrastiveObjective
+from harclip.models import PromptEncoder, is_siglip
 from harclip.stage import StageError
 
 
@@ -132,20 +131,20 @@ def patch_grid(visual: nn.Module) -> int:
     return int(grid[0] if isinstance(grid, (tuple, list)) else grid)
 
 
-class AclipObjective(Objective):
+class AclipObjective(ContrastiveObjective):
     """Teacher-scored token selection for the student, then CE + λ × CLIP contrastive loss."""
 
     def __init__(self, model: nn.Module, prompts: PromptEncoder, config: AclipConfig,
                  contrastive_weight: float) -> None:
+        super().__init__(prompts, contrastive_weight, siglip=is_siglip(model.clip))
         visual = self.student = model.clip.visual
         self.selector = install_token_selection(visual)
         self.teacher = copy.deepcopy(visual).requires_grad_(False).eval()
-        self.config, self.weight, self.prompts = config, contrastive_weight, prompts
+        self.config = config
         self.grid = patch_grid(visual)
         if config.selection == "block" and self.grid % 2:
             raise StageError(f"train_aclip.aclip.selection: block needs an even patch grid; "
                              f"this model has {self.grid}×{self.grid}: use selection: patch")
-        self.contrastive = ClipLoss()
         self.cached: torch.Tensor | None = None
 
     def before_epoch(self, epoch: int, split: CachedSplit, augment) -> None:
@@ -168,18 +167,11 @@ class AclipObjective(Objective):
                                padding_mode="border", align_corners=False)
         return warped.flatten(1)
 
-    def loss(self, model, batch):
+    def image_features(self, model, batch):
         keep = select_tokens(self.saliency(batch), self.config.keep_ratio, self.grid,
                              self.config.selection == "block")
         with keeping(self.selector, keep):
-            features = model.image_features(batch.images)
-        logits = model.head(features)
-        loss = F.cross_entropy(logits, batch.labels)
-        if self.weight:
-            text = self.prompts(model.clip)[batch.labels]
-            loss = loss + self.weight * self.contrastive(features, text,
-                                                         model.clip.logit_scale.exp())
-        return loss, logits
+            return model.image_features(batch.images)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         ema_update(self.teacher, self.student,

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.loss import ClipLoss, SigLipLoss
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
@@ -72,6 +73,33 @@ class Objective:
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state that follows the weights (A-CLIP's EMA teacher)."""
+
+
+class ContrastiveObjective(Objective):
+    """CE on the class head + λ × the model's own pre-training loss against class prompts.
+
+    Each image's positive text is its class prompt embedding from the live text tower;
+    open_clip's ClipLoss (softmax) serves CLIP, its SigLipLoss (sigmoid) serves SigLIP.
+    Subclasses change how image features are computed (A-CLIP: from the kept tokens only).
+    """
+
+    def __init__(self, prompts: nn.Module, weight: float, siglip: bool) -> None:
+        self.prompts, self.weight, self.siglip = prompts, weight, siglip
+        self.contrastive = SigLipLoss() if siglip else ClipLoss()
+
+    def image_features(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model.image_features(batch.images)
+
+    def loss(self, model, batch):
+        features = self.image_features(model, batch)
+        logits = model.head(features)
+        loss = F.cross_entropy(logits, batch.labels)
+        if self.weight:
+            text = self.prompts(model.clip)[batch.labels]
+            scale = model.clip.logit_scale.exp()
+            bias = (model.clip.logit_bias,) if self.siglip else ()
+            loss = loss + self.weight * self.contrastive(features, text, scale, *bias)
+        return loss, logits
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,20 +188,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@torch.no_grad()
+def predict(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch_size: int,
+            dtype: torch.dtype | None) -> torch.Tensor:
+    """Class logits (float32, on the device) for a whole split: deterministic view, all
+    tokens."""
+    model.eval()
+    with autocast(split.device, dtype):
+        return torch.cat([model(augment.eval(images)).float()
+                          for images, _ in split.batches(torch.arange(len(split)), batch_size)])
+
+
 def evaluate(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch_size: int,
              dtype: torch.dtype | None) -> tuple[float, float]:
     """(mean loss, accuracy) on the deterministic view, all tokens."""
-    model.eval()
-    loss_sum = torch.zeros((), device=split.device)
-    correct = torch.zeros((), device=split.device, dtype=torch.long)
-    order = torch.arange(len(split))
-    with torch.no_grad(), autocast(split.device, dtype):
-        for images, labels in split.batches(order, batch_size):
-            logits = model(augment.eval(images)).float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-            correct += (logits.argmax(dim=1) == labels).sum()
-    count = max(1, len(split))
-    return loss_sum.item() / count, correct.item() / count
+    logits = predict(model, split, augment, batch_size, dtype)
+    loss = F.cross_entropy(logits, split.labels)
+    accuracy = (logits.argmax(dim=1) == split.labels).float().mean()
+    return loss.item(), accuracy.item()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -231,11 +263,11 @@ def train(model: nn.Module, objective: Objective, train_split: CachedSplit,
     history: list[EpochRecord] = []
     step = 0
     for epoch in range(1, config.epochs + 1):
-        objective.before_epoch(epoch, train_split, augment)
-        model.train()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
+        objective.before_epoch(epoch, train_split, augment)  # its time counts in the epoch
+        model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         first_bad_step = torch.full((), -1, device=device, dtype=torch.long)

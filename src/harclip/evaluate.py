@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score, top_k_accura
 from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.config import EvaluateConfig, TrainConfig, load_params
-from harclip.engine import CachedSplit, autocast, autocast_dtype, resolve_device
+from harclip.engine import CachedSplit, autocast_dtype, predict, resolve_device
 from harclip.models import (
     HarClassifier,
     PromptEncoder,
@@ -36,18 +36,11 @@ from harclip.preprocess import CACHE_DIR, load_split
 from harclip.train import METHODS
 
 
-@torch.no_grad()
-def predict_logits(model: HarClassifier, split: CachedSplit, batch_size: int,
-                   precision: str = "auto") -> np.ndarray:
-    """Class logits for every image of a split, on the deterministic full view."""
-    model.eval()
+def predict_logits(model: HarClassifier, split: CachedSplit, batch_size: int) -> np.ndarray:
+    """Class logits for every image of a split, on the model's own deterministic view."""
     augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip))
-    dtype = autocast_dtype(precision, split.device)
-    outputs = []
-    with autocast(split.device, dtype):
-        for images, _ in split.batches(torch.arange(len(split)), batch_size):
-            outputs.append(model(augment.eval(images)).float().cpu())
-    return torch.cat(outputs).numpy()
+    dtype = autocast_dtype("auto", split.device)
+    return predict(model, split, augment, batch_size, dtype).cpu().numpy()
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray,

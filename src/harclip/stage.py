@@ -37,8 +37,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main with readable logs; expected failures exit 2 with one clear line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+    # Our own progress at INFO; libraries (open_clip logs every model build) only warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
+    log.setLevel(logging.INFO)
     try:
         main()
     except (ConfigError, StageError, FileNotFoundError) as err:

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open_clip.loss import ClipLoss, SigLipLoss
-from torch import nn
 
 from harclip import stage
 from harclip.aclip import AclipObjective
@@ -27,6 +25,7 @@ from harclip.augment import DeviceAugment
 from harclip.config import AclipTrainConfig, Params, TrainConfig, load_params
 from harclip.engine import (
     CachedSplit,
+    ContrastiveObjective,
     EpochRecord,
     Objective,
     record_row,
@@ -49,31 +48,6 @@ from harclip.models import (
 from harclip.preprocess import CACHE_DIR, load_split
 
 METHODS = ("clip", "sglip", "aclip")
-
-
-class ContrastiveObjective(Objective):
-    """CE on the class head + λ × the model's own pre-training loss against class prompts.
-
-    Each image's positive text is its class prompt embedding from the live text tower;
-    open_clip's ClipLoss (softmax) serves CLIP, its SigLipLoss (sigmoid) serves SigLIP.
-    """
-
-    def __init__(self, prompts: PromptEncoder, weight: float, siglip: bool) -> None:
-        self.prompts, self.weight = prompts, weight
-        self.contrastive = SigLipLoss() if siglip else ClipLoss()
-        self.siglip = siglip
-
-    def loss(self, model, batch):
-        features = model.image_features(batch.images)
-        logits = model.head(features)
-        loss = nn.functional.cross_entropy(logits, batch.labels)
-        text = self.prompts(model.clip)[batch.labels]
-        scale = model.clip.logit_scale.exp()
-        if self.siglip:
-            contrastive = self.contrastive(features, text, scale, model.clip.logit_bias)
-        else:
-            contrastive = self.contrastive(features, text, scale)
-        return loss + self.weight * contrastive, logits
 
 
 def seed_everything(seed: int) -> None:
