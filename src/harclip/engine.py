@@ -147,7 +147,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
 
 
 class CachedSplit:
-    """A split of the uint8 cache, on the device when it fits, else pinned in host memory."""
+    """A split of the uint8 cache: on the GPU when it fits in `device_fraction` of the free
+    memory, else in host memory with each batch pinned and copied asynchronously."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device,
                  device_fraction: float = 0.5) -> None:
@@ -156,10 +157,7 @@ class CachedSplit:
         self.device = device
         fits = device.type == "cuda" and \
             array.numel() < device_fraction * torch.cuda.mem_get_info(device)[0]
-        if fits:
-            self.images = array.to(device)
-        else:
-            self.images = array.pin_memory() if device.type == "cuda" else array
+        self.images = array.to(device) if fits else array
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -172,11 +170,8 @@ class CachedSplit:
             on_device = index.to(self.device, non_blocking=True)
             if self.images.device == self.device:
                 images = self.images[on_device]
-            else:
-                images = self.images[index]
-                if self.device.type == "cuda":
-                    images = images.pin_memory()
-                images = images.to(self.device, non_blocking=True)
+            else:  # indexing copies the batch; pinning that copy makes the upload async
+                images = self.images[index].pin_memory().to(self.device, non_blocking=True)
             yield (images, self.labels[on_device], on_device) if with_index else \
                 (images, self.labels[on_device])
 
