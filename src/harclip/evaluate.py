@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score, top_k_accuracy_score
 
 from harclip import stage
@@ -24,16 +24,12 @@ from harclip.config import EvaluateConfig, TrainConfig, load_params
 from harclip.engine import CachedSplit, autocast_dtype, predict, resolve_device
 from harclip.models import (
     HarClassifier,
-    PromptEncoder,
-    build_classifier,
-    create_tokenizer,
     image_normalisation,
-    init_head,
     load_checkpoint,
     model_image_size,
 )
 from harclip.preprocess import CACHE_DIR, load_split
-from harclip.train import METHODS
+from harclip.train import METHODS, build_model
 
 
 def predict_logits(model: HarClassifier, split: CachedSplit, batch_size: int) -> np.ndarray:
@@ -59,16 +55,11 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray,
     }
 
 
-def zero_shot_accuracy(config: TrainConfig, class_names: list[str], split: CachedSplit,
-                       batch_size: int) -> float:
-    """Accuracy of the untouched pretrained backbone with the class-prompt head."""
-    model = build_classifier(config.model, config.pretrained, len(class_names),
-                             config.image_size).to(split.device)
-    prompts = PromptEncoder(create_tokenizer(config.model), class_names,
-                            config.prompt_templates).to(split.device)
-    with torch.no_grad():
-        init_head(model, prompts(model.clip), "text")
-    logits = predict_logits(model, split, batch_size)
+def zero_shot_accuracy(config: TrainConfig, split: CachedSplit, batch_size: int) -> float:
+    """Accuracy of the untouched pretrained backbone with the class-prompt head: the model
+    training starts from, built the way training builds it."""
+    model, _ = build_model(replace(config, head_init="text"))
+    logits = predict_logits(model.to(split.device), split, batch_size)
     labels = split.labels.cpu().numpy()
     return float(accuracy_score(labels, logits.argmax(axis=1)))
 
@@ -90,7 +81,7 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
     train_config = TrainConfig(**{key: value for key, value in meta["params"].items()
                                   if key in TrainConfig.__dataclass_fields__})
     metrics["zero_shot_accuracy"] = (
-        zero_shot_accuracy(train_config, class_names, split, config.batch_size)
+        zero_shot_accuracy(train_config, split, config.batch_size)
         if config.zero_shot and train_config.pretrained else None)
     metrics.update(val_images=len(labels), checkpoint_epoch=meta["epoch"],
                    model=meta["model"], pretrained=train_config.pretrained)
