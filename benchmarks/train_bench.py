@@ -29,9 +29,9 @@ from torch import nn
 from harclip.aclip import AclipObjective
 from harclip.augment import DeviceAugment
 from harclip.config import AclipConfig, AclipTrainConfig, TrainConfig
-from harclip.engine import Batch, CachedSplit, Objective, resolve_device, train
+from harclip.engine import Batch, CachedSplit, Objective, train
 from harclip.har import CLASS_NAMES
-from harclip.hardware import describe
+from harclip.hardware import describe, resolve_device
 from harclip.models import (
     PromptEncoder,
     build_classifier,

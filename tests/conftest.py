@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +28,17 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG")
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def small_cache(tmp_path_factory) -> Path:
+    """A preprocessed cache of 240 synthetic HAR images (192 train, 48 val) at 64 px."""
+    from harclip.config import load_params
+    from harclip.download import write_synthetic
+    from harclip.preprocess import preprocess
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    root = tmp_path_factory.mktemp("small")
+    write_synthetic(replace(params.download.synthetic, images_per_class=16), root / "raw")
+    preprocess(replace(params.preprocess, workers=1), root / "raw", root / "cache")
+    return root / "cache"

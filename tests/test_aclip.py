@@ -130,7 +130,8 @@ def test_dual_loss_trains_the_student_on_half_the_tokens(saliency):
     uint8 = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
     split = CachedSplit(uint8.numpy(), torch.arange(4).numpy(), torch.device("cpu"))
     objective.before_epoch(1, split, augment)
-    views, crop = augment.train(uint8, torch.Generator().manual_seed(0))
+    crop = augment.crop_params(len(uint8), torch.Generator().manual_seed(0), uint8.device)
+    views = augment.warp(uint8, crop)
     seen = []
     hook = model.clip.visual.transformer.register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].shape[1]))
@@ -154,7 +155,8 @@ def test_cached_saliency_follows_each_crops_geometry():
     split = CachedSplit(uint8.numpy(), torch.zeros(8, dtype=torch.long).numpy(),
                         torch.device("cpu"))
     objective.before_epoch(1, split, augment)
-    views, crop = augment.train(uint8, torch.Generator().manual_seed(0))
+    crop = augment.crop_params(len(uint8), torch.Generator().manual_seed(0), uint8.device)
+    views = augment.warp(uint8, crop)
     warped = objective.saliency(Batch(views, torch.zeros(8), torch.arange(8), crop))
     maps = objective.cached.view(8, 8, 8)
     mirrored = crop[:, 0, 0] < 0

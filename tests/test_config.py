@@ -39,6 +39,13 @@ def test_default_is_the_offline_demo_and_the_recipes_use_real_har_at_224():
     ({"download": {"synthetic": {"seed": True}}}, "download.synthetic.seed", "valid integer"),
     ({"download": {"source": "folder"}}, "download", "needs download.path"),
     ({"trian_clip": {}}, "trian_clip", "unknown key"),
+    ({"train_clip": {"batch_size": 30, "nprocs": 4}}, "train_clip",
+     "batch_size 30 does not split evenly over nprocs 4"),
+    ({"train_sglip": {"batch_size": 32, "nprocs": 2, "micro_batch_size": 5}}, "train_sglip",
+     "batch_size / nprocs = 16 images a step, not a multiple of micro_batch_size 5"),
+    ({"train_aclip": {"nprocs": 2, "device": "cuda:1"}}, "train_aclip",
+     "each process takes the GPU of its local rank"),
+    ({"train_clip": {"nprocs": 0}}, "train_clip.nprocs", "greater than or equal to 1"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_invalid_params_name_the_key_the_value_and_what_is_accepted(section, bad, expected):
     with pytest.raises(ConfigError) as err:

@@ -15,6 +15,7 @@ from harclip.engine import (
     ContrastiveObjective,
     Objective,
     TrainingDiverged,
+    TrainStep,
     accumulate_gradients,
     make_scheduler,
     parameter_groups,
@@ -89,8 +90,8 @@ def test_accumulating_micro_batches_gives_the_one_batch_gradient():
     def gradients(micro):
         model.zero_grad()
         chunks = [Batch(images[i:i + micro], labels[i:i + micro]) for i in range(0, 8, micro)]
-        loss_sum, correct, finite = accumulate_gradients(model, Objective(), chunks, 8, scaler,
-                                                         None)
+        loss_sum, correct, finite = accumulate_gradients(TrainStep(model, Objective()), chunks,
+                                                         8, scaler, None)
         assert bool(finite) and int(correct) <= 8
         return [p.grad.clone() for p in model.parameters() if p.requires_grad], loss_sum
 
@@ -123,9 +124,14 @@ def _augment(**kwargs):
     return DeviceAugment(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), **kwargs)
 
 
+def _train_view(augment, images, seed):
+    theta = augment.crop_params(len(images), torch.Generator().manual_seed(seed), images.device)
+    return augment.warp(images, theta), theta
+
+
 def test_augmentation_crops_differ_per_sample_and_stay_in_range():
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).repeat(6, 1, 1, 1)
-    out, _ = _augment().train(images, torch.Generator().manual_seed(0))
+    out, _ = _train_view(_augment(), images, 0)
     assert out.shape == (6, 3, 16, 16) and out.dtype == torch.float32
     assert out.min() >= (0 - 0.5) / 0.25 - 1e-5 and out.max() <= (1 - 0.5) / 0.25 + 1e-5
     assert len({tuple(sample.flatten()[:20].tolist()) for sample in out}) == 6
@@ -133,16 +139,16 @@ def test_augmentation_crops_differ_per_sample_and_stay_in_range():
 
 def test_augmentation_is_deterministic_under_a_seed():
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    first, _ = _augment().train(images, torch.Generator().manual_seed(3))
-    again, _ = _augment().train(images, torch.Generator().manual_seed(3))
-    other, _ = _augment().train(images, torch.Generator().manual_seed(4))
+    first, _ = _train_view(_augment(), images, 3)
+    again, _ = _train_view(_augment(), images, 3)
+    other, _ = _train_view(_augment(), images, 4)
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
 def test_flip_really_mirrors_and_a_full_crop_is_the_image_itself():
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     full = _augment(scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    out, theta = full.train(images, torch.Generator().manual_seed(0))
+    out, theta = _train_view(full, images, 0)
     mirrored = theta[:, 0, 0] < 0
     assert 0 < mirrored.sum() < 32
     plain = full.eval(images)

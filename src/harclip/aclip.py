@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harclip.config import AclipConfig
+from harclip.distributed import ALONE, World
 from harclip.engine import Batch, CachedSplit, ContrastiveObjective
 from harclip.models import PromptEncoder, is_siglip
 from harclip.stage import StageError
@@ -135,8 +136,8 @@ class AclipObjective(ContrastiveObjective):
     """Teacher-scored token selection for the student, then CE + λ × CLIP contrastive loss."""
 
     def __init__(self, model: nn.Module, prompts: PromptEncoder, config: AclipConfig,
-                 contrastive_weight: float) -> None:
-        super().__init__(prompts, contrastive_weight, siglip=is_siglip(model.clip))
+                 contrastive_weight: float, world: World = ALONE) -> None:
+        super().__init__(prompts, contrastive_weight, is_siglip(model.clip), world)
         visual = self.student = model.clip.visual
         self.selector = install_token_selection(visual)
         self.teacher = copy.deepcopy(visual).requires_grad_(False).eval()
@@ -176,3 +177,10 @@ class AclipObjective(ContrastiveObjective):
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         ema_update(self.teacher, self.student,
                    momentum_at(step, total_steps, self.config.momentum))
+
+    def state_dict(self) -> dict:
+        return {"teacher": self.teacher.state_dict(), "cached": self.cached}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.cached = state["cached"]

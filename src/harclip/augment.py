@@ -2,6 +2,8 @@
 
 A random resized crop and a horizontal flip are one affine warp per sample, applied to the
 whole batch by a single `grid_sample`; evaluation uses the deterministic full view, resized.
+The training loop draws every image's matrix for an epoch at once, so an image's crop does not
+depend on which process or micro-batch shows it.
 """
 
 from __future__ import annotations
@@ -48,15 +50,14 @@ class DeviceAugment:
         theta[:, 1, 2] = centre_y
         return theta
 
-    def train(self, images: torch.Tensor,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random resized crop + flip, a different one per sample; also each crop's matrix."""
-        theta = self.crop_params(images.shape[0], generator, images.device)
+    def warp(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Each image cropped, resized and mirrored by its own affine matrix from
+        `crop_params`."""
         grid = F.affine_grid(theta, [images.shape[0], 3, self.out_size, self.out_size],
                              align_corners=False)
         warped = F.grid_sample(images.float() / 255.0, grid, mode="bilinear",
                                padding_mode="reflection", align_corners=False)
-        return self._normalise(warped), theta
+        return self._normalise(warped)
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
         """The whole cached view, resized to the model's input size."""

@@ -109,9 +109,9 @@ class TrainConfig:
     """λ of the image–text contrastive term (the model's own pre-training loss); 0 = CE only."""
     epochs: Annotated[StrictInt, Field(ge=1, le=10_000)] = 10
     batch_size: Annotated[StrictInt, Field(ge=1)] = 64
-    """Effective batch: micro_batch_size × accumulation steps."""
+    """Effective batch, over all processes: processes × micro_batch_size × accumulation."""
     micro_batch_size: Annotated[StrictInt, Field(ge=1)] | None = None
-    """Images per forward pass; null = batch_size (no accumulation)."""
+    """Images per forward pass in each process; null = its whole share (no accumulation)."""
     lr: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 1e-3
     weight_decay: Annotated[StrictFloat, Field(ge=0.0)] = 0.05
     betas: tuple[Annotated[StrictFloat, Field(ge=0.0, lt=1.0)],
@@ -123,6 +123,9 @@ class TrainConfig:
     """auto: bf16 on a GPU that has it, fp16 with a grad scaler on one that has not, fp32 on
     CPU (where autocast rarely pays)."""
     device: StrictStr = "auto"
+    nprocs: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
+    """Training processes on this machine (one per GPU, or gloo processes on CPU); above 1
+    the stage relaunches itself under torchrun."""
     compile: StrictBool = False
     seed: StrictInt = 0
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -130,18 +133,22 @@ class TrainConfig:
     """Progress-bar refresh, in steps: the only host–device syncs inside an epoch."""
 
     def __post_init__(self) -> None:
-        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of "
-                             f"micro_batch_size {self.micro_batch_size}")
+        if self.batch_size % self.nprocs:
+            raise ValueError(f"batch_size {self.batch_size} does not split evenly over "
+                             f"nprocs {self.nprocs} processes")
+        share = self.batch_size // self.nprocs
+        if self.micro_batch_size and share % self.micro_batch_size:
+            raise ValueError(f"each process takes batch_size / nprocs = {share} images a "
+                             f"step, not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+        if self.nprocs > 1 and self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device {self.device!r} with nprocs {self.nprocs}: each process "
+                             f"takes the GPU of its local rank; use auto, cuda or cpu")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
             raise ValueError("prompt_templates: each template needs a '{}' where the action goes")
         _check_device(self.device)
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.batch_size // (self.micro_batch_size or self.batch_size)
 
 
 @dataclass(config=_STRICT)

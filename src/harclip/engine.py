@@ -3,13 +3,14 @@
 The loop keeps the GPU busy: the uint8 cache sits on the device (or in pinned host memory
 when it does not fit), augmentation runs on the device for the whole batch, loss and
 accuracy accumulate in device tensors, and the host reads them only every `log_every` steps
-and at the end of an epoch.
+and at the end of an epoch. Under torchrun each process takes an equal share of every effective
+batch (DistributedDataParallel averages the gradients), and a run is resumable at any epoch
+boundary from `Trainer.state_dict()`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,10 +22,12 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 from timm.scheduler import CosineLRScheduler
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.config import TrainConfig
+from harclip.distributed import ALONE, World
 from harclip.stage import StageError
 
 NO_WEIGHT_DECAY_NAMES = ("logit_scale", "logit_bias")
@@ -74,6 +77,13 @@ class Objective:
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state that follows the weights (A-CLIP's EMA teacher)."""
 
+    def state_dict(self) -> dict:
+        """The objective's own training state, for resuming (A-CLIP: its teacher)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
+
 
 class ContrastiveObjective(Objective):
     """CE on the class head + λ × the model's own pre-training loss against class prompts.
@@ -81,11 +91,17 @@ class ContrastiveObjective(Objective):
     Each image's positive text is its class prompt embedding from the live text tower;
     open_clip's ClipLoss (softmax) serves CLIP, its SigLipLoss (sigmoid) serves SigLIP.
     Subclasses change how image features are computed (A-CLIP: from the kept tokens only).
+    With several processes, each scores its own images against every process's texts
+    (open_clip's gathered loss, gradients flowing back through the gather), so the loss is
+    the one a single process would compute on the whole micro-batch.
     """
 
-    def __init__(self, prompts: nn.Module, weight: float, siglip: bool) -> None:
+    def __init__(self, prompts: nn.Module, weight: float, siglip: bool,
+                 world: World = ALONE) -> None:
         self.prompts, self.weight, self.siglip = prompts, weight, siglip
-        self.contrastive = SigLipLoss() if siglip else ClipLoss()
+        self.contrastive = SigLipLoss(rank=world.rank, world_size=world.size) if siglip else \
+            ClipLoss(local_loss=True, gather_with_grad=True, rank=world.rank,
+                     world_size=world.size)
 
     def image_features(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model.image_features(batch.images)
@@ -100,16 +116,6 @@ class ContrastiveObjective(Objective):
             bias = (model.clip.logit_bias,) if self.siglip else ()
             loss = loss + self.weight * self.contrastive(features, text, scale, *bias)
         return loss, logits
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StageError(f"device {name!r} asked for, but no CUDA GPU is visible; "
-                         f"set device: auto or cpu")
-    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -185,22 +191,27 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def predict(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch_size: int,
-            dtype: torch.dtype | None) -> torch.Tensor:
-    """Class logits (float32, on the device) for a whole split: deterministic view, all
-    tokens."""
+            dtype: torch.dtype | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Class logits (float32, on the device) for a split, or for its `rows`: deterministic
+    view, all tokens."""
     model.eval()
+    rows = torch.arange(len(split)) if rows is None else rows
     with autocast(split.device, dtype):
         return torch.cat([model(augment.eval(images)).float()
-                          for images, _ in split.batches(torch.arange(len(split)), batch_size)])
+                          for images, _ in split.batches(rows, batch_size)])
 
 
 def evaluate(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch_size: int,
-             dtype: torch.dtype | None) -> tuple[float, float]:
-    """(mean loss, accuracy) on the deterministic view, all tokens."""
-    logits = predict(model, split, augment, batch_size, dtype)
-    loss = F.cross_entropy(logits, split.labels)
-    accuracy = (logits.argmax(dim=1) == split.labels).float().mean()
-    return loss.item(), accuracy.item()
+             dtype: torch.dtype | None, world: World = ALONE) -> tuple[float, float]:
+    """(mean loss, accuracy) on the deterministic view, all tokens; each process scores every
+    world.size-th image and the sums are reduced."""
+    rows = torch.arange(world.rank, len(split), world.size)
+    logits = predict(model, split, augment, batch_size, dtype, rows)
+    labels = split.labels[rows.to(split.device)]
+    sums = torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
+                        (logits.argmax(dim=1) == labels).sum().float()]).double()
+    loss, accuracy = (world.reduce_(sums) / len(split)).tolist()
+    return loss, accuracy
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -209,25 +220,44 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def accumulate_gradients(model: nn.Module, objective: Objective,
-                         micro_batches: Iterable[Batch],
-                         group_size: int, scaler: torch.amp.GradScaler,
-                         dtype: torch.dtype | None, bar=None
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backpropagate one effective batch given as micro-batches; gradients add up in .grad.
+class TrainStep(nn.Module):
+    """The model and its objective as one module whose forward is the training loss, so
+    DistributedDataParallel, which hooks into forward, sees the whole computation."""
 
-    Each micro-batch's mean loss weighs by its share of the group, so the summed gradient is
-    the mean over the whole effective batch, as one big batch would give. Returns the summed
-    loss, the number of correct predictions and whether every loss was finite, all as device
-    tensors (no host sync).
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective  # not a module: its teacher stays out of DDP
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.objective.loss(self.model, batch)
+
+
+def accumulate_gradients(step: nn.Module, micro_batches: Iterable[Batch], group_size: int,
+                         scaler: torch.amp.GradScaler, dtype: torch.dtype | None, bar=None,
+                         world_size: int = 1
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backpropagate this process's share of one effective batch of `group_size` images,
+    given as micro-batches to `step` (a TrainStep, or one wrapped in DDP).
+
+    Each micro-batch's mean loss weighs by its share of the group (× world_size, which DDP's
+    gradient averaging divides out), so the gradient is the mean over the whole effective
+    batch, as one big batch in one process would give; DDP synchronises only after the last
+    micro-batch. Returns this process's summed loss, its number of correct predictions and
+    whether every loss was finite, as device tensors (no host sync).
     """
-    loss_sum = correct = None
-    finite = None
-    for batch in micro_batches:
+    loss_sum = correct = finite = None
+    batches = iter(micro_batches)
+    batch = next(batches)
+    while batch is not None:
+        following = next(batches, None)
         labels = batch.labels
-        with autocast(labels.device, dtype):
-            loss, logits = objective.loss(model, batch)
-        scaler.scale(loss * (len(labels) / group_size)).backward()
+        last = following is None
+        with contextlib.nullcontext() if last or not hasattr(step, "no_sync") \
+                else step.no_sync():
+            with autocast(labels.device, dtype):
+                loss, logits = step(batch)
+            scaler.scale(loss * (len(labels) * world_size / group_size)).backward()
         batch_loss = loss.detach().float() * len(labels)
         batch_correct = (logits.detach().argmax(dim=1) == labels).sum()
         batch_finite = torch.isfinite(loss.detach())
@@ -235,91 +265,183 @@ def accumulate_gradients(model: nn.Module, objective: Objective,
         correct = batch_correct if correct is None else correct + batch_correct
         finite = batch_finite if finite is None else finite & batch_finite
         if bar is not None:
-            bar.update(len(labels))
+            bar.update(len(labels) * world_size)
+        batch = following
     return loss_sum, correct, finite
+
+
+def effective_batches(order: torch.Tensor, batch_size: int, world_size: int
+                      ) -> Iterator[torch.Tensor]:
+    """The epoch's effective batches; the last is cut to a multiple of world_size (dropped
+    if smaller), so every process gets an equal share of every step."""
+    for start in range(0, len(order), batch_size):
+        group = order[start:start + batch_size]
+        usable = len(group) - len(group) % world_size
+        if usable:
+            yield group[:usable]
+
+
+def steps_per_epoch(images: int, batch_size: int, world_size: int) -> int:
+    tail = images % batch_size
+    return images // batch_size + (tail >= world_size)
+
+
+_NO_BAD_STEP = 2**62
+
+
+class Trainer:
+    """One fine-tuning run, resumable at any epoch boundary: `state_dict()` holds everything
+    the next epoch depends on (weights, optimiser, schedule, scaler, the objective's state,
+    the random streams, the history).
+
+    Shuffling and crops come from two seeded streams drawn once per epoch for all images, so
+    every process draws the same and an image's crop is the same whatever the process count.
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective, train_split: CachedSplit,
+                 val_split: CachedSplit, augment: DeviceAugment, config: TrainConfig,
+                 world: World = ALONE) -> None:
+        if config.batch_size % world.size:
+            raise StageError(f"batch_size {config.batch_size} does not split evenly over "
+                             f"{world.size} processes")
+        share = config.batch_size // world.size
+        self.micro = config.micro_batch_size or share
+        if share % self.micro:
+            raise StageError(f"each of {world.size} processes takes {share} images a step, "
+                             f"not a multiple of micro_batch_size {self.micro}")
+        self.model, self.objective, self.config, self.world = model, objective, config, world
+        self.train_split, self.val_split, self.augment = train_split, val_split, augment
+        self.device = train_split.device
+        self.dtype = autocast_dtype(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.dtype == torch.float16)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay),
+                                           lr=config.lr, betas=config.betas,
+                                           fused=self.device.type == "cuda")
+        self.steps_per_epoch = steps_per_epoch(len(train_split), config.batch_size,
+                                               world.size)
+        self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.shuffle = torch.Generator().manual_seed(config.seed)
+        self.crops = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.step = 0
+        self.history: list[EpochRecord] = []
+        self.train_step: nn.Module = TrainStep(model, objective)
+        if world.size > 1:
+            self.train_step = DistributedDataParallel(self.train_step, forward_sync_buffers=False,
+                                                      gradient_as_bucket_view=True)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "objective": self.objective.state_dict(), "step": self.step,
+            "history": [asdict(record) for record in self.history],
+            # numpy's and Python's generators are not drawn from after the model is built.
+            "rng": {"shuffle": self.shuffle.get_state(), "crops": self.crops.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device)
+                    if self.device.type == "cuda" else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.objective.load_state_dict(state["objective"])
+        self.step = state["step"]
+        self.history = [EpochRecord(**record) for record in state["history"]]
+        rng = state["rng"]
+        self.shuffle.set_state(rng["shuffle"])
+        self.crops.set_state(rng["crops"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def fit(self, on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+            describe: str = "train") -> list[EpochRecord]:
+        """Train the remaining epochs; call `on_epoch` after each with its record."""
+        for epoch in range(len(self.history) + 1, self.config.epochs + 1):
+            self.history.append(self._epoch(epoch, describe))
+            on_epoch(self.history[-1])
+        return self.history
+
+    def _epoch(self, epoch: int, describe: str) -> EpochRecord:
+        config, device, world = self.config, self.device, self.world
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        self.objective.before_epoch(epoch, self.train_split, self.augment)  # timed too
+        self.model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        first_bad_step = torch.full((), _NO_BAD_STEP, device=device, dtype=torch.long)
+        order = torch.randperm(len(self.train_split), generator=self.shuffle)
+        crops = self.augment.crop_params(len(self.train_split), self.crops, device)
+        seen = 0
+        bar = stage.progress(total=len(order), unit="img", leave=False, enabled=world.is_main,
+                             desc=f"{describe} epoch {epoch}/{config.epochs}")
+        for group in effective_batches(order, config.batch_size, world.size):
+            share = group.tensor_split(world.size)[world.rank]
+            self.scheduler.step_update(self.step)
+            micro_batches = (self._augmented(crops, *parts) for parts in
+                             self.train_split.batches(share, self.micro, with_index=True))
+            group_loss, group_correct, finite = accumulate_gradients(
+                self.train_step, micro_batches, len(group), self.scaler, self.dtype, bar,
+                world.size)
+            loss_sum += group_loss
+            correct += group_correct
+            first_bad_step = torch.where(finite, first_bad_step,
+                                         first_bad_step.clamp(max=self.step))
+            if config.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            seen += len(group)
+            self.objective.after_optimizer_step(self.step,
+                                                config.epochs * self.steps_per_epoch)
+            if self.step % config.log_every == 0:
+                self._check_finite(first_bad_step, epoch)
+                local_seen = seen // world.size
+                bar.set_postfix(loss=f"{loss_sum.item() / local_seen:.3f}",
+                                acc=f"{correct.item() / local_seen:.3f}")
+        bar.close()
+        self._check_finite(first_bad_step, epoch)
+        sums = world.reduce_(torch.stack([loss_sum.double(), correct.double()]))
+        train_loss, train_acc = (sums / seen).tolist()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = world.reduce(time.perf_counter() - started, "max")
+        val_loss, val_acc = evaluate(self.model, self.val_split, self.augment, self.micro * 2,
+                                     self.dtype, world)
+        return EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, epoch_time,
+                           seen / epoch_time, world.reduce(peak_memory_mb(device), "max"),
+                           self.optimizer.param_groups[0]["lr"])
+
+    def _augmented(self, crops: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                   index: torch.Tensor) -> Batch:
+        crop = crops[index]
+        return Batch(self.augment.warp(images, crop), labels, index, crop)
+
+    def _check_finite(self, first_bad_step: torch.Tensor, epoch: int) -> None:
+        bad = int(self.world.reduce_(first_bad_step.clone(), "min").item())
+        if bad < _NO_BAD_STEP:
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite at epoch {epoch}, step {bad + 1} "
+                f"(step {bad - (epoch - 1) * self.steps_per_epoch + 1} of the epoch); lower "
+                f"lr, raise warmup_epochs or use precision: fp32")
 
 
 def train(model: nn.Module, objective: Objective, train_split: CachedSplit,
           val_split: CachedSplit, augment: DeviceAugment, config: TrainConfig,
           on_epoch: Callable[[EpochRecord], None] = lambda record: None,
           describe: str = "train") -> list[EpochRecord]:
-    """Fine-tune `model` for config.epochs; call `on_epoch` after each with its record."""
-    device = train_split.device
-    dtype = autocast_dtype(config.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
-                                  betas=config.betas, fused=device.type == "cuda")
-    micro = config.micro_batch_size or config.batch_size
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    crops = torch.Generator(device=device).manual_seed(config.seed)
-    history: list[EpochRecord] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        started = time.perf_counter()
-        objective.before_epoch(epoch, train_split, augment)  # its time counts in the epoch
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
-        order = torch.randperm(len(train_split), generator=shuffle)
-        bar = stage.progress(total=len(train_split), unit="img", leave=False,
-                             desc=f"{describe} epoch {epoch}/{config.epochs}")
-        for group_start in range(0, len(order), config.batch_size):
-            group = order[group_start:group_start + config.batch_size]
-            scheduler.step_update(step)
-            micro_batches = (_augmented(augment, crops, *parts)
-                             for parts in train_split.batches(group, micro, with_index=True))
-            group_loss, group_correct, finite = accumulate_gradients(
-                model, objective, micro_batches, len(group), scaler, dtype, bar)
-            loss_sum += group_loss
-            correct += group_correct
-            first_bad_step = torch.where(~finite & (first_bad_step < 0), step, first_bad_step)
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            objective.after_optimizer_step(step, total_steps)
-            if step % config.log_every == 0:
-                seen = group_start + len(group)
-                _check_finite(first_bad_step, epoch, steps_per_epoch)
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
-                                acc=f"{correct.item() / seen:.3f}")
-        bar.close()
-        _check_finite(first_bad_step, epoch, steps_per_epoch)
-        train_loss, train_acc = loss_sum.item() / len(order), correct.item() / len(order)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - started
-        val_loss, val_acc = evaluate(model, val_split, augment, micro * 2, dtype)
-        record = EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, epoch_time,
-                             len(order) / epoch_time, peak_memory_mb(device),
-                             optimizer.param_groups[0]["lr"])
-        history.append(record)
-        on_epoch(record)
-    return history
-
-
-def _augmented(augment: DeviceAugment, generator: torch.Generator, images: torch.Tensor,
-               labels: torch.Tensor, index: torch.Tensor) -> Batch:
-    views, crop = augment.train(images, generator)
-    return Batch(views, labels, index, crop)
-
-
-def _check_finite(first_bad_step: torch.Tensor, epoch: int, steps_per_epoch: int) -> None:
-    bad = int(first_bad_step.item())
-    if bad >= 0:
-        raise TrainingDiverged(
-            f"the loss became NaN or infinite at epoch {epoch}, step {bad + 1} "
-            f"(step {bad - (epoch - 1) * steps_per_epoch + 1} of the epoch); lower lr, "
-            f"raise warmup_epochs or use precision: fp32")
+    """Fine-tune `model` for config.epochs in this process alone (a fresh Trainer)."""
+    return Trainer(model, objective, train_split, val_split, augment, config).fit(on_epoch,
+                                                                                   describe)
 
 
 def record_row(record: EpochRecord) -> dict:

@@ -21,7 +21,8 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score, top_k_accura
 from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.config import EvaluateConfig, TrainConfig, load_params
-from harclip.engine import CachedSplit, autocast_dtype, predict, resolve_device
+from harclip.engine import CachedSplit, autocast_dtype, predict
+from harclip.hardware import resolve_device
 from harclip.models import (
     HarClassifier,
     image_normalisation,

@@ -1,4 +1,4 @@
-"""A one-line description of the machine a run or benchmark used, for recorded results."""
+"""The machine: which device a run uses, and a one-line description for recorded results."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import platform
 from pathlib import Path
 
 import torch
+
+from harclip.stage import StageError
 
 
 def describe() -> str:
@@ -24,3 +26,13 @@ def describe() -> str:
         memory = f", {kib / 2**20:.0f} GiB RAM"
     gpu = f", GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return f"{len(os.sched_getaffinity(0))} CPU cores ({cpu}){memory}{gpu}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StageError(f"device {name!r} asked for, but no CUDA GPU is visible; "
+                         f"set device: auto or cpu")
+    return device

@@ -24,7 +24,7 @@ import torch
 
 from harclip import stage
 from harclip.augment import DeviceAugment
-from harclip.engine import resolve_device
+from harclip.hardware import resolve_device
 from harclip.models import HarClassifier, load_checkpoint
 from harclip.preprocess import BadImage, decode
 

@@ -22,9 +22,10 @@ class StageError(RuntimeError):
     """A stage cannot do its job; the message says what failed and what to do instead."""
 
 
-def progress(iterable=None, **kwargs) -> tqdm:
-    """A progress bar on a terminal; nothing when output goes to a file or a pipe (CI, logs)."""
-    return tqdm(iterable, disable=None, dynamic_ncols=True, **kwargs)
+def progress(iterable=None, enabled: bool = True, **kwargs) -> tqdm:
+    """A progress bar on a terminal; nothing when output goes to a file or a pipe (CI, logs)
+    or when not `enabled` (processes other than rank 0)."""
+    return tqdm(iterable, disable=None if enabled else True, dynamic_ncols=True, **kwargs)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def run(main: Callable[[], None]) -> None:
     except (ConfigError, StageError, FileNotFoundError) as err:
         log.error("error: %s", err)
         sys.exit(2)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        sys.exit(130)
 
 
 @contextlib.contextmanager

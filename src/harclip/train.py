@@ -5,32 +5,41 @@
 Writes models/<name>.pt (the best-val-acc weights, with everything needed to use them),
 logs/<name>/epochs.tsv (one row per epoch, read by `dvc plots`), logs/<name>/train.log (the
 console's epoch lines) and metrics/<name>/train.json (the headline numbers).
+
+A run keeps its state after every epoch in .harclip/resume/<name>/ (outside the stage's
+outputs, which DVC deletes before it reruns a stage): rerun after an interruption and it
+continues from its last complete epoch, unless its params or data changed since. A finished
+run removes that state, so the next run starts afresh. With nprocs above 1 the stage relaunches
+itself under torchrun; only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import random
+import shutil
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from harclip import stage
+from harclip import distributed, stage
 from harclip.aclip import AclipObjective
 from harclip.augment import DeviceAugment
 from harclip.config import AclipTrainConfig, Params, TrainConfig, load_params
+from harclip.distributed import ALONE, World
 from harclip.engine import (
     CachedSplit,
     ContrastiveObjective,
     EpochRecord,
     Objective,
+    Trainer,
     record_row,
-    resolve_device,
-    train,
 )
 from harclip.har import CLASS_NAMES
 from harclip.hardware import describe
@@ -48,6 +57,10 @@ from harclip.models import (
 from harclip.preprocess import CACHE_DIR, load_split
 
 METHODS = ("clip", "sglip", "aclip")
+RESUME_DIR = Path(".harclip/resume")
+RESUME_FORMAT = "harclip-resume"
+RESUME_INDEPENDENT = ("nprocs", "log_every")
+"""Params a run can resume across: the trajectory does not depend on them."""
 
 
 def seed_everything(seed: int) -> None:
@@ -73,13 +86,59 @@ def build_model(config: TrainConfig) -> tuple[HarClassifier, PromptEncoder]:
     return model, prompts
 
 
-def build_objective(config: TrainConfig, model: HarClassifier,
-                    prompts: PromptEncoder) -> Objective:
+def build_objective(config: TrainConfig, model: HarClassifier, prompts: PromptEncoder,
+                    world: World = ALONE) -> Objective:
     if isinstance(config, AclipTrainConfig):
-        return AclipObjective(model, prompts, config.aclip, config.contrastive_weight)
+        return AclipObjective(model, prompts, config.aclip, config.contrastive_weight, world)
     if config.contrastive_weight:
-        return ContrastiveObjective(prompts, config.contrastive_weight, is_siglip(model.clip))
+        return ContrastiveObjective(prompts, config.contrastive_weight, is_siglip(model.clip),
+                                    world)
     return Objective()
+
+
+def run_fingerprint(config: TrainConfig, cache_dir: Path) -> str:
+    """What a resumed run must share with the interrupted one: its params (but those in
+    RESUME_INDEPENDENT) and its data (the cache's manifest of file hashes, or its labels)."""
+    digest = hashlib.sha256()
+    params = {k: v for k, v in asdict(config).items() if k not in RESUME_INDEPENDENT}
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    manifest = cache_dir / "manifest.csv"
+    for path in [manifest] if manifest.is_file() else sorted(cache_dir.glob("*_labels.npy")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_resume_state(path: Path, fingerprint: str, device: torch.device) -> dict | None:
+    """The trainer state saved by an interrupted run with this fingerprint, else None."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say so and start afresh
+        stage.log.warning("%s: unreadable (%s); starting afresh", path, err)
+        return None
+    if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
+        stage.log.warning("%s: not a harclip resume state; starting afresh", path)
+        return None
+    if saved["fingerprint"] != fingerprint:
+        stage.log.info("%s: saved by a run with other params or data; starting afresh", path)
+        return None
+    return saved["trainer"]
+
+
+def save_resume_state(path: Path, fingerprint: str, trainer: Trainer) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save({"format": RESUME_FORMAT, "fingerprint": fingerprint,
+                "trainer": trainer.state_dict()}, partial)
+    partial.replace(path)
+
+
+def best_so_far(checkpoint: Path) -> dict:
+    """The epoch and val acc of a run's best checkpoint so far, read from the file itself."""
+    if not checkpoint.is_file():
+        return {"val_acc": -1.0}
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return {"val_acc": saved["val_acc"], "epoch": saved["epoch"]}
 
 
 class RunLog:
@@ -114,41 +173,84 @@ class RunLog:
 
 def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
         models_dir: Path = Path("models"), logs_dir: Path = Path("logs"),
-        metrics_dir: Path = Path("metrics")) -> dict:
-    """Train one model; write its checkpoint, logs and metrics; return the metrics."""
+        metrics_dir: Path = Path("metrics"), resume_dir: Path = RESUME_DIR) -> dict:
+    """Train one model (resuming an interrupted run of the same params and data); write its
+    checkpoint, logs and metrics from rank 0; return the metrics."""
+    world = distributed.join(config.device)
+    try:
+        return _run(name, config, world, cache_dir, models_dir, logs_dir, metrics_dir,
+                    resume_dir / name)
+    finally:
+        distributed.leave()
+
+
+def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_dir: Path,
+         logs_dir: Path, metrics_dir: Path, work_dir: Path) -> dict:
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    device = world.device
+    if world.local_size != config.nprocs:
+        stage.log.warning("%d processes on this machine, not the %d of nprocs: torchrun's "
+                          "own --nproc-per-node decides (the results do not depend on it)",
+                          world.local_size, config.nprocs)
     train_images, train_labels = load_split(cache_dir, "train")
     val_images, val_labels = load_split(cache_dir, "val")
     model, prompts = build_model(config)
     model.to(device)
     prompts.to(device)
-    objective = build_objective(config, model, prompts)
+    objective = build_objective(config, model, prompts, world)
     if config.compile:
         model.clip.visual.compile()
     augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip),
                             scale=(config.augment.scale_min, 1.0), flip=config.augment.flip)
     train_split = CachedSplit(train_images, train_labels, device)
     val_split = CachedSplit(val_images, val_labels, device)
-    run_log = RunLog(name, logs_dir / name)
-    checkpoint = models_dir / f"{name}.pt"
-    best: dict = {"val_acc": -1.0}
-    stage.log.info("%s: %s (pretrained: %s) on %s, %d train / %d val images, %d epochs",
-                   name, config.model, config.pretrained, device, len(train_split),
+    trainer = Trainer(model, objective, train_split, val_split, augment, config, world)
+    fingerprint = run_fingerprint(config, cache_dir)
+    state_path, best_path = work_dir / "state.pt", work_dir / "best.pt"
+    resumed = load_resume_state(state_path, fingerprint, device) \
+        if best_path.is_file() else None  # each epoch writes best.pt (if any) before state
+    world.barrier()  # every process has read the state before rank 0 may clear it
+    if resumed is not None:
+        trainer.load_state_dict(resumed)
+    elif world.is_main and work_dir.exists():
+        shutil.rmtree(work_dir)
+    best = best_so_far(best_path) if resumed is not None else {"val_acc": -1.0}
+    run_log = RunLog(name, logs_dir / name) if world.is_main else None
+    stage.log.info("%s: %s (pretrained: %s) on %s%s, %d train / %d val images, %d epochs",
+                   name, config.model, config.pretrained, device,
+                   f" × {world.size} processes" if world.size > 1 else "", len(train_split),
                    len(val_split), config.epochs)
+    if resumed is not None:
+        stage.log.info("%s: resuming after epoch %d from %s", name, len(trainer.history),
+                       state_path)
+        for record in trainer.history:
+            run_log.epoch(record)
 
     def on_epoch(record: EpochRecord) -> None:
+        if not world.is_main:
+            return
         run_log.epoch(record)
         if record.val_acc > best["val_acc"]:
             best.update(val_acc=record.val_acc, epoch=record.epoch)
-            save_checkpoint(checkpoint, model, config.model, CLASS_NAMES, {
+            save_checkpoint(best_path, model, config.model, CLASS_NAMES, {
                 "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
+        save_resume_state(state_path, fingerprint, trainer)
 
     try:
-        history = train(model, objective, train_split, val_split, augment, config, on_epoch,
-                        describe=name)
+        history = trainer.fit(on_epoch, describe=name)
+    except KeyboardInterrupt:
+        if state_path.is_file():
+            stage.log.error("%s: interrupted; rerun to resume after the last complete epoch "
+                            "(state in %s)", name, work_dir)
+        raise
     finally:
-        run_log.close()
+        if run_log is not None:
+            run_log.close()
+    if not world.is_main:
+        return {}
+    checkpoint = models_dir / f"{name}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    best_path.replace(checkpoint)
     metrics = {
         "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
         "final_val_acc": history[-1].val_acc, "final_train_acc": history[-1].train_acc,
@@ -158,10 +260,12 @@ def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": str(device),
+        "processes": world.size,
         "hardware": describe(),
     }
     (metrics_dir / name).mkdir(parents=True, exist_ok=True)
     (metrics_dir / name / "train.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    shutil.rmtree(work_dir)
     stage.log.info("%s: best val acc %.3f at epoch %d, checkpoint %s", name,
                    metrics["best_val_acc"], metrics["best_epoch"], checkpoint)
     return metrics
@@ -178,8 +282,14 @@ def main() -> None:
     cli.add_argument("method", choices=METHODS, help="which training stage to run")
     cli.add_argument("--cache", type=Path, default=CACHE_DIR, help="input (%(default)s)")
     args = cli.parse_args()
-    stage.run(lambda: run(args.method, section(load_params(args.params), args.method),
-                          args.cache))
+
+    def launch() -> None:
+        config = section(load_params(args.params), args.method)  # invalid params: fail here
+        if config.nprocs > 1 and not distributed.launched():
+            distributed.relaunch(config.nprocs, config.device, "harclip.train", sys.argv[1:])
+        run(args.method, config, args.cache)
+
+    stage.run(launch)
 
 
 if __name__ == "__main__":

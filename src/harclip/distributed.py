@@ -1,0 +1,114 @@
+"""Data parallelism under torchrun: which process this is, and collectives that cost nothing
+when it runs alone.
+
+A training stage whose `nprocs` is above 1 relaunches itself under torchrun (one process per
+GPU, or gloo processes on CPU); under a torchrun started by hand (multi-node) it joins the
+process group torchrun describes in its environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import torch
+import torch.distributed as dist
+
+from harclip import stage
+from harclip.hardware import resolve_device
+from harclip.stage import StageError
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes; one process is a world of one."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    local_size: int = 1
+    """Processes on this machine."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where this process trains, and where its collectives' tensors live."""
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files and logs."""
+        return self.rank == 0
+
+    def reduce_(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """All-reduce `tensor` in place across the processes (a no-op alone) and return it."""
+        if self.size > 1:
+            dist.all_reduce(tensor, op=_OPS[op])
+        return tensor
+
+    def reduce(self, value: float, op: str) -> float:
+        return self.reduce_(torch.tensor(value, dtype=torch.float64, device=self.device),
+                            op).item()
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+ALONE = World()
+
+
+def launched() -> bool:
+    """True inside a process torchrun started."""
+    return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def process_device(name: str, local_rank: int, size: int) -> str:
+    """The device this process trains on: with several processes, GPU `local_rank` each."""
+    if size == 1 or name == "cpu":
+        return name
+    if name not in ("auto", "cuda"):
+        raise StageError(f"device {name!r} with {size} processes: each process takes the GPU "
+                         f"of its local rank; set device: auto, cuda or cpu")
+    if name == "auto" and not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{local_rank}"
+
+
+def join(device_name: str) -> World:
+    """This process's World: alone, or in the process group torchrun set up (NCCL on GPUs,
+    gloo on CPU), joined here unless the caller already did."""
+    rank, local_rank, size = (int(os.environ.get(key, 0 if key.endswith("RANK") else 1))
+                              for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    device = resolve_device(process_device(device_name, local_rank, size))
+    if size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if rank != 0:
+        stage.log.setLevel("WARNING")  # rank 0 speaks for all
+    return World(rank, local_rank, size, local_size, device)
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def relaunch(nprocs: int, device_name: str, module: str, args: list[str]) -> NoReturn:
+    """Replace this process with `torchrun --standalone` running `module` in `nprocs`
+    processes on this machine; fails first when there are fewer GPUs than processes."""
+    if device_name != "cpu" and torch.cuda.is_available() and \
+            torch.cuda.device_count() < nprocs:
+        raise StageError(f"nprocs {nprocs} but only {torch.cuda.device_count()} GPU(s) are "
+                         f"visible; lower nprocs or set CUDA_VISIBLE_DEVICES")
+    # torchrun would pin every process to one thread; share the cores out instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
+    stage.log.info("launching %d processes with torchrun", nprocs)
+    for handler in stage.log.handlers + logging.getLogger().handlers:
+        handler.flush()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nprocs}", "-m", module, *args]
+    os.execv(sys.executable, command)

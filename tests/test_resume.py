@@ -1,0 +1,145 @@
+"""Resumable training: a run stopped by Ctrl-C and then killed outright, rerun each time,
+ends where an uninterrupted run ends, without repeating an epoch in its logs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harclip import train
+from harclip.config import parse_params
+from harclip.distributed import ALONE
+from harclip.engine import CachedSplit, Trainer
+from harclip.preprocess import load_split
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 4
+SAME_TRAJECTORY = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+def _params(**train_aclip) -> dict:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["train_aclip"].update({"epochs": EPOCHS, "batch_size": 16, "device": "cpu",
+                                  **train_aclip})
+    return params
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def _saved_epochs(state: Path) -> int:
+    if not state.is_file():
+        return 0
+    return len(torch.load(state, map_location="cpu", weights_only=True)["trainer"]["history"])
+
+
+class Stage:
+    """`python -m harclip.train aclip` in its own folder, as DVC would run it."""
+
+    def __init__(self, root: Path, cache: Path, params: dict) -> None:
+        self.root, self.cache = root, cache
+        root.mkdir()
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        self.state = root / ".harclip/resume/aclip/state.pt"
+
+    def start(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "harclip.train", "aclip", "--cache",
+                                 str(self.cache)], cwd=self.root, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def stop_after(self, epochs: int, sig: signal.Signals) -> str:
+        """Start the stage, send `sig` once its state holds `epochs` epochs; its stderr."""
+        process = self.start()
+        while _saved_epochs(self.state) < epochs:
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), stderr
+        return stderr
+
+    def finish(self) -> str:
+        process = self.start()
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+        return stderr
+
+
+def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cache, tmp_path):
+    whole = Stage(tmp_path / "whole", small_cache, _params())
+    whole.finish()
+    stage = Stage(tmp_path / "stopped", small_cache, _params())
+
+    stderr = stage.stop_after(1, signal.SIGINT)
+    assert "interrupted; rerun to resume after the last complete epoch" in stderr
+    stopped_at = _saved_epochs(stage.state)
+    assert 1 <= stopped_at < EPOCHS
+    assert len(_rows(stage.root / "logs/aclip/epochs.tsv")) in (stopped_at, stopped_at + 1)
+
+    stage.stop_after(stopped_at + 1, signal.SIGKILL)
+    killed_at = _saved_epochs(stage.state)
+    assert stopped_at < killed_at < EPOCHS
+    assert not (stage.root / "models/aclip.pt").exists()  # only a finished run publishes
+
+    stderr = stage.finish()
+    assert f"resuming after epoch {killed_at}" in stderr
+    resumed_rows = _rows(stage.root / "logs/aclip/epochs.tsv")
+    whole_rows = _rows(whole.root / "logs/aclip/epochs.tsv")
+    assert [int(r["epoch"]) for r in resumed_rows] == list(range(1, EPOCHS + 1))
+    for resumed, uninterrupted in zip(resumed_rows, whole_rows, strict=True):
+        assert {k: resumed[k] for k in SAME_TRAJECTORY} == \
+            {k: uninterrupted[k] for k in SAME_TRAJECTORY}
+    log = (stage.root / "logs/aclip/train.log").read_text()
+    assert all(log.count(f"aclip epoch {epoch}:") == 1 for epoch in range(1, EPOCHS + 1))
+    metrics = [yaml.safe_load((s.root / "metrics/aclip/train.json").read_text())
+               for s in (stage, whole)]
+    assert metrics[0]["best_epoch"] == metrics[1]["best_epoch"]
+    assert metrics[0]["best_val_acc"] == metrics[1]["best_val_acc"]
+    resumed_weights, whole_weights = (
+        torch.load(s.root / "models/aclip.pt", weights_only=True)["state_dict"]
+        for s in (stage, whole))
+    assert all(torch.equal(resumed_weights[k], whole_weights[k]) for k in whole_weights)
+    assert not stage.state.parent.exists()  # a finished run leaves nothing to resume
+
+
+def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp_path):
+    params = parse_params(_params(epochs=1))
+    config = params.train_aclip
+
+    model, prompts = train.build_model(config)
+    trainer = Trainer(model, train.build_objective(config, model, prompts),
+                      CachedSplit(*load_split(small_cache, "train"), ALONE.device),
+                      CachedSplit(*load_split(small_cache, "val"), ALONE.device), None, config)
+    state = tmp_path / "state.pt"
+    fingerprint = train.run_fingerprint(config, small_cache)
+    train.save_resume_state(state, fingerprint, trainer)
+
+    def resumable(changed) -> bool:
+        return train.load_resume_state(state, train.run_fingerprint(changed, small_cache),
+                                       ALONE.device) is not None
+
+    assert resumable(config)
+    assert resumable(replace(config, nprocs=2, log_every=1))  # the trajectory ignores these
+    assert not resumable(replace(config, lr=2e-3))
+    assert not resumable(replace(config, aclip=replace(config.aclip, keep_ratio=0.5)))
+    other_data = tmp_path / "cache"
+    other_data.mkdir()
+    (other_data / "manifest.csv").write_text("split,row,file,label,sha256\n")
+    assert train.load_resume_state(state, train.run_fingerprint(config, other_data),
+                                   ALONE.device) is None
+    state.write_bytes(b"truncated")
+    assert not resumable(config)
