@@ -17,8 +17,10 @@ from harclip.engine import (
     TrainingDiverged,
     TrainStep,
     accumulate_gradients,
+    effective_batches,
     make_scheduler,
     parameter_groups,
+    steps_per_epoch,
     train,
 )
 from harclip.har import CLASS_NAMES
@@ -100,6 +102,17 @@ def test_accumulating_micro_batches_gives_the_one_batch_gradient():
     assert torch.allclose(whole_loss, parts_loss, rtol=1e-5)
     for a, b in zip(whole, parts, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("images", "batch", "processes"),
+                         [(100, 32, 1), (100, 32, 2), (97, 32, 2), (65, 32, 4), (64, 32, 8)])
+def test_every_step_splits_evenly_over_the_processes(images, batch, processes):
+    groups = list(effective_batches(torch.arange(images), batch, processes))
+    assert len(groups) == steps_per_epoch(images, batch, processes)
+    assert all(len(g) % processes == 0 and 0 < len(g) <= batch for g in groups)
+    used = torch.cat(groups)
+    assert len(set(used.tolist())) == len(used)  # no image twice
+    assert images - len(used) < processes  # at most processes - 1 sit out
 
 
 def test_schedule_warms_up_linearly_then_decays_to_zero_at_the_last_step():

@@ -55,6 +55,7 @@ from harclip.models import (
     save_checkpoint,
 )
 from harclip.preprocess import CACHE_DIR, load_split
+from harclip.stage import StageError
 
 METHODS = ("clip", "sglip", "aclip")
 RESUME_DIR = Path(".harclip/resume")
@@ -175,7 +176,7 @@ def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
         models_dir: Path = Path("models"), logs_dir: Path = Path("logs"),
         metrics_dir: Path = Path("metrics"), resume_dir: Path = RESUME_DIR) -> dict:
     """Train one model (resuming an interrupted run of the same params and data); write its
-    checkpoint, logs and metrics from rank 0; return the metrics."""
+    checkpoint, logs and metrics from rank 0 and return the metrics there (elsewhere {})."""
     world = distributed.join(config.device)
     try:
         return _run(name, config, world, cache_dir, models_dir, logs_dir, metrics_dir,
@@ -208,8 +209,11 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     fingerprint = run_fingerprint(config, cache_dir)
     state_path, best_path = work_dir / "state.pt", work_dir / "best.pt"
     resumed = load_resume_state(state_path, fingerprint, device) \
-        if best_path.is_file() else None  # each epoch writes best.pt (if any) before state
-    world.barrier()  # every process has read the state before rank 0 may clear it
+        if best_path.is_file() else None  # each epoch writes best.pt before the state
+    # Also a barrier: every process has read the state before rank 0 may clear it.
+    if world.reduce(resumed is None, "max") != world.reduce(resumed is None, "min"):
+        raise StageError(f"{state_path}: not every process can read this resume state; put "
+                         f"the repo on a file system all machines share, or delete it")
     if resumed is not None:
         trainer.load_state_dict(resumed)
     elif world.is_main and work_dir.exists():
