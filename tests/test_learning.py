@@ -1,7 +1,7 @@
 """Each method learns the synthetic HAR task with the demo's own settings.
 
 The full demo (params.yaml: 3,750 images, 12-15 epochs) takes about 9 minutes on 2 cores and
-reaches 51-58 % (README.md); here a shortened run (1,800 images, 6 epochs, the same models and
+reaches 48-57 % (README.md); here a shortened run (1,800 images, 6 epochs, the same models and
 optimiser settings) must land well above chance (6.7 %), so a regression in the data, the
 augmentation, the head or the engine that stops learning is caught in CI.
 """
@@ -34,4 +34,4 @@ def test_demo_settings_learn_well_above_chance(demo_cache, method):
     config = replace(train.section(params, method), epochs=6)
     metrics = train.run(method, config, root / "cache", root / "models", root / "logs",
                         root / "metrics")
-    assert metrics["best_val_acc"] >= 0.2  # 3× chance; measured 0.26 to 0.36 on 2 CPU cores
+    assert metrics["best_val_acc"] >= 0.2  # 3× chance; measured 0.25 to 0.29 on 2 CPU cores
