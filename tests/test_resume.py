@@ -22,6 +22,7 @@ from harclip.distributed import ALONE
 from harclip.engine import CachedSplit, Trainer
 from harclip.preprocess import load_split
 from tests.conftest import REPO_ROOT
+from tests.dvc_project import DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +115,41 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cac
         for s in (stage, whole))
     assert all(torch.equal(resumed_weights[k], whole_weights[k]) for k in whole_weights)
     assert not stage.state.parent.exists()  # a finished run leaves nothing to resume
+
+
+def test_dvc_repro_resumes_an_interrupted_stage_and_retrains_a_changed_one(tmp_path):
+    params = tiny_params()
+    params["download"]["synthetic"].update(images_per_class=16, image_size=64)
+    params["preprocess"]["image_size"] = 64
+    params["train_clip"].update(epochs=EPOCHS, batch_size=16, device="cpu")
+    project = DvcProject(tmp_path, params)
+    project.repro("preprocess")
+    state = tmp_path / ".harclip/resume/clip/state.pt"
+
+    # Ctrl-C in a terminal: SIGINT to dvc and to the stage it runs.
+    dvc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "train_clip"],
+                           cwd=tmp_path, env=project.env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while _saved_epochs(state) < 1:
+        assert dvc.poll() is None, dvc.stdout.read()
+        time.sleep(0.05)
+    os.killpg(dvc.pid, signal.SIGINT)
+    dvc.communicate(timeout=120)
+    assert dvc.returncode != 0
+    stopped_at = _saved_epochs(state)
+    assert 1 <= stopped_at < EPOCHS
+
+    output = project.dvc("repro", "train_clip")  # DVC deletes the outputs, then reruns
+    assert f"resuming after epoch {stopped_at}" in output
+    rows = _rows(tmp_path / "logs/clip/epochs.tsv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+    assert not state.parent.exists()
+    assert project.changed_stages("train_clip") == set()
+
+    project.set_param("train_clip.lr", 2e-3)  # a finished stage whose params changed
+    output = project.dvc("repro", "train_clip")
+    assert "Running stage 'train_clip'" in output and "resuming" not in output
+    assert len(_rows(tmp_path / "logs/clip/epochs.tsv")) == EPOCHS
 
 
 def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp_path):
