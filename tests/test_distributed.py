@@ -24,6 +24,8 @@ import yaml
 
 from harclip import train
 from harclip.config import load_params
+from harclip.distributed import process_device, relaunch
+from harclip.stage import StageError
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -114,3 +116,18 @@ def test_nprocs_in_params_relaunches_the_stage_under_torchrun(small_cache, tmp_p
     assert (tmp_path / "models/clip.pt").is_file()
     assert not (tmp_path / ".harclip/resume/clip").exists()
 
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank():
+    assert process_device("cpu", 3, 4) == "cpu"
+    assert process_device("cuda:1", 0, 1) == "cuda:1"  # alone, any device
+    assert process_device("cuda", 3, 4) == "cuda:3"
+    assert process_device("auto", 3, 4) == ("cuda:3" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(StageError, match="each process takes the GPU of its local rank"):
+        process_device("cuda:1", 0, 2)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="needs fewer than 2 GPUs")
+def test_asking_for_more_gpus_than_there_are_fails_before_launching():
+    with pytest.raises(StageError, match="no CUDA GPU is visible|only 1 GPU"):
+        relaunch(2, "cuda", "harclip.train", ["clip"])

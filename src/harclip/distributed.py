@@ -29,7 +29,6 @@ class World:
     """This process's place among the training processes; one process is a world of one."""
 
     rank: int = 0
-    local_rank: int = 0
     size: int = 1
     local_size: int = 1
     """Processes on this machine."""
@@ -50,10 +49,6 @@ class World:
     def reduce(self, value: float, op: str) -> float:
         return self.reduce_(torch.tensor(value, dtype=torch.float64, device=self.device),
                             op).item()
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
 
 
 ALONE = World()
@@ -89,7 +84,7 @@ def join(device_name: str) -> World:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if rank != 0:
         stage.log.setLevel("WARNING")  # rank 0 speaks for all
-    return World(rank, local_rank, size, local_size, device)
+    return World(rank, size, local_size, device)
 
 
 def leave() -> None:
@@ -100,8 +95,7 @@ def leave() -> None:
 def relaunch(nprocs: int, device_name: str, module: str, args: list[str]) -> NoReturn:
     """Replace this process with `torchrun --standalone` running `module` in `nprocs`
     processes on this machine; fails first when there are fewer GPUs than processes."""
-    if device_name != "cpu" and torch.cuda.is_available() and \
-            torch.cuda.device_count() < nprocs:
+    if resolve_device(device_name).type == "cuda" and torch.cuda.device_count() < nprocs:
         raise StageError(f"nprocs {nprocs} but only {torch.cuda.device_count()} GPU(s) are "
                          f"visible; lower nprocs or set CUDA_VISIBLE_DEVICES")
     # torchrun would pin every process to one thread; share the cores out instead.

@@ -282,8 +282,7 @@ def effective_batches(order: torch.Tensor, batch_size: int, world_size: int
 
 
 def steps_per_epoch(images: int, batch_size: int, world_size: int) -> int:
-    tail = images % batch_size
-    return images // batch_size + (tail >= world_size)
+    return sum(1 for _ in effective_batches(torch.arange(images), batch_size, world_size))
 
 
 _NO_BAD_STEP = 2**62
