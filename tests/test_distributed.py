@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -27,6 +30,7 @@ from harclip.config import load_params
 from harclip.distributed import process_device, relaunch
 from harclip.stage import StageError
 from tests.conftest import REPO_ROOT
+from tests.test_resume import saved_epochs
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +48,9 @@ def even_cache(small_cache, tmp_path_factory) -> Path:
 
 
 def _config(method: str, **changes):
-    config = replace(train.section(load_params(REPO_ROOT / "params.yaml"), method), epochs=2,
-                     batch_size=16, device="cpu", log_every=1000, **changes)
+    config = replace(train.section(load_params(REPO_ROOT / "params.yaml"), method),
+                     **{"epochs": 2, "batch_size": 16, "device": "cpu", "log_every": 1000,
+                        **changes})
     if method == "sglip":  # exercise SigLIP's distributed sigmoid loss too
         config = replace(config, contrastive_weight=0.5)
     return config
@@ -116,6 +121,42 @@ def test_nprocs_in_params_relaunches_the_stage_under_torchrun(small_cache, tmp_p
     assert (tmp_path / "models/clip.pt").is_file()
     assert not (tmp_path / ".harclip/resume/clip").exists()
 
+
+
+def test_a_killed_two_process_run_resumes_on_the_single_process_trajectory(even_cache,
+                                                                           tmp_path):
+    torch.set_num_threads(1)
+    alone = tmp_path / "alone"
+    train.run("clip", _config("clip", epochs=3), even_cache, alone / "models",
+              alone / "logs", alone / "metrics", alone / "resume")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["train_clip"].update(epochs=3, batch_size=16, device="cpu", nprocs=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "harclip.train", "clip", "--cache", str(even_cache)]
+    state = tmp_path / ".harclip/resume/clip/state.pt"
+
+    launcher = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    while saved_epochs(state) < 1:
+        assert launcher.poll() is None, launcher.stderr.read()
+        time.sleep(0.05)
+    # A lost machine: torchrun and both training processes (each in its own session) die.
+    torchrun = psutil.Process(launcher.pid)
+    for process in [torchrun, *torchrun.children(recursive=True)]:
+        process.send_signal(signal.SIGKILL)
+    launcher.communicate(timeout=60)
+    killed_at = saved_epochs(state)
+    assert 1 <= killed_at < 3
+
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(f"resuming after epoch {killed_at}") == 1  # rank 0 alone
+    single = _rows(alone / "logs/clip/epochs.tsv")
+    resumed = _rows(tmp_path / "logs/clip/epochs.tsv")
+    assert [r["epoch"] for r in resumed] == ["1", "2", "3"]
+    for one, two in zip(single, resumed, strict=True):
+        assert float(two["train_loss"]) == pytest.approx(float(one["train_loss"]), rel=1e-4)
+        assert two["val_acc"] == one["val_acc"]
 
 
 def test_each_process_takes_the_gpu_of_its_local_rank():

@@ -42,7 +42,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
-def _saved_epochs(state: Path) -> int:
+def saved_epochs(state: Path) -> int:
     if not state.is_file():
         return 0
     return len(torch.load(state, map_location="cpu", weights_only=True)["trainer"]["history"])
@@ -65,7 +65,7 @@ class Stage:
     def stop_after(self, epochs: int, sig: signal.Signals) -> str:
         """Start the stage, send `sig` once its state holds `epochs` epochs; its stderr."""
         process = self.start()
-        while _saved_epochs(self.state) < epochs:
+        while saved_epochs(self.state) < epochs:
             assert process.poll() is None, process.stderr.read()
             time.sleep(0.05)
         process.send_signal(sig)
@@ -87,12 +87,12 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cac
 
     stderr = stage.stop_after(1, signal.SIGINT)
     assert "interrupted; rerun to resume after the last complete epoch" in stderr
-    stopped_at = _saved_epochs(stage.state)
+    stopped_at = saved_epochs(stage.state)
     assert 1 <= stopped_at < EPOCHS
     assert len(_rows(stage.root / "logs/aclip/epochs.tsv")) in (stopped_at, stopped_at + 1)
 
     stage.stop_after(stopped_at + 1, signal.SIGKILL)
-    killed_at = _saved_epochs(stage.state)
+    killed_at = saved_epochs(stage.state)
     assert stopped_at < killed_at < EPOCHS
     assert not (stage.root / "models/aclip.pt").exists()  # only a finished run publishes
 
@@ -130,13 +130,13 @@ def test_dvc_repro_resumes_an_interrupted_stage_and_retrains_a_changed_one(tmp_p
     dvc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "train_clip"],
                            cwd=tmp_path, env=project.env, start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while _saved_epochs(state) < 1:
+    while saved_epochs(state) < 1:
         assert dvc.poll() is None, dvc.stdout.read()
         time.sleep(0.05)
     os.killpg(dvc.pid, signal.SIGINT)
     dvc.communicate(timeout=120)
     assert dvc.returncode != 0
-    stopped_at = _saved_epochs(state)
+    stopped_at = saved_epochs(state)
     assert 1 <= stopped_at < EPOCHS
 
     output = project.dvc("repro", "train_clip")  # DVC deletes the outputs, then reruns

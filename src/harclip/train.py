@@ -224,7 +224,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
                    name, config.model, config.pretrained, device,
                    f" × {world.size} processes" if world.size > 1 else "", len(train_split),
                    len(val_split), config.epochs)
-    if resumed is not None:
+    if resumed is not None and world.is_main:
         stage.log.info("%s: resuming after epoch %d from %s", name, len(trainer.history),
                        state_path)
         for record in trainer.history:
