@@ -8,7 +8,6 @@ all-reduce sums in another order).
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import socket
@@ -30,7 +29,7 @@ from harclip.config import load_params
 from harclip.distributed import process_device, relaunch
 from harclip.stage import StageError
 from tests.conftest import REPO_ROOT
-from tests.test_resume import saved_epochs
+from tests.test_resume import epoch_rows, saved_epochs
 
 pytestmark = pytest.mark.slow
 
@@ -73,11 +72,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _rows(path: Path) -> list[dict]:
-    with open(path) as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
 @pytest.mark.parametrize("method", train.METHODS)
 def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp_path,
                                                                   method):
@@ -88,8 +82,8 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp
     mp.spawn(_rank, args=(_free_port(), method, _config(method, nprocs=2), even_cache,
                           tmp_path), nprocs=2)
 
-    single = _rows(alone / "logs" / method / "epochs.tsv")
-    parallel = _rows(tmp_path / "rank0" / "logs" / method / "epochs.tsv")
+    single = epoch_rows(alone / "logs" / method / "epochs.tsv")
+    parallel = epoch_rows(tmp_path / "rank0" / "logs" / method / "epochs.tsv")
     assert len(single) == len(parallel) == 2
     for one, two in zip(single, parallel, strict=True):
         for key in ("train_loss", "val_loss"):
@@ -151,8 +145,8 @@ def test_a_killed_two_process_run_resumes_on_the_single_process_trajectory(even_
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(f"resuming after epoch {killed_at}") == 1  # rank 0 alone
-    single = _rows(alone / "logs/clip/epochs.tsv")
-    resumed = _rows(tmp_path / "logs/clip/epochs.tsv")
+    single = epoch_rows(alone / "logs/clip/epochs.tsv")
+    resumed = epoch_rows(tmp_path / "logs/clip/epochs.tsv")
     assert [r["epoch"] for r in resumed] == ["1", "2", "3"]
     for one, two in zip(single, resumed, strict=True):
         assert float(two["train_loss"]) == pytest.approx(float(one["train_loss"]), rel=1e-4)

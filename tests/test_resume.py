@@ -22,7 +22,7 @@ from harclip.distributed import ALONE
 from harclip.engine import CachedSplit, Trainer
 from harclip.preprocess import load_split
 from tests.conftest import REPO_ROOT
-from tests.dvc_project import DvcProject, tiny_params
+from tests.dvc_project import BIN, DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,8 @@ def _params(**train_aclip) -> dict:
     return params
 
 
-def _rows(path: Path) -> list[dict]:
+def epoch_rows(path: Path) -> list[dict]:
+    """A run's epochs.tsv as dicts of strings (the values as logged)."""
     with open(path) as handle:
         return list(csv.DictReader(handle, delimiter="\t"))
 
@@ -89,7 +90,7 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cac
     assert "interrupted; rerun to resume after the last complete epoch" in stderr
     stopped_at = saved_epochs(stage.state)
     assert 1 <= stopped_at < EPOCHS
-    assert len(_rows(stage.root / "logs/aclip/epochs.tsv")) in (stopped_at, stopped_at + 1)
+    assert len(epoch_rows(stage.root / "logs/aclip/epochs.tsv")) in (stopped_at, stopped_at + 1)
 
     stage.stop_after(stopped_at + 1, signal.SIGKILL)
     killed_at = saved_epochs(stage.state)
@@ -98,8 +99,8 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cac
 
     stderr = stage.finish()
     assert f"resuming after epoch {killed_at}" in stderr
-    resumed_rows = _rows(stage.root / "logs/aclip/epochs.tsv")
-    whole_rows = _rows(whole.root / "logs/aclip/epochs.tsv")
+    resumed_rows = epoch_rows(stage.root / "logs/aclip/epochs.tsv")
+    whole_rows = epoch_rows(whole.root / "logs/aclip/epochs.tsv")
     assert [int(r["epoch"]) for r in resumed_rows] == list(range(1, EPOCHS + 1))
     for resumed, uninterrupted in zip(resumed_rows, whole_rows, strict=True):
         assert {k: resumed[k] for k in SAME_TRAJECTORY} == \
@@ -127,7 +128,7 @@ def test_dvc_repro_resumes_an_interrupted_stage_and_retrains_a_changed_one(tmp_p
     state = tmp_path / ".harclip/resume/clip/state.pt"
 
     # Ctrl-C in a terminal: SIGINT to dvc and to the stage it runs.
-    dvc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "train_clip"],
+    dvc = subprocess.Popen([str(BIN / "dvc"), "repro", "train_clip"],
                            cwd=tmp_path, env=project.env, start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while saved_epochs(state) < 1:
@@ -141,7 +142,7 @@ def test_dvc_repro_resumes_an_interrupted_stage_and_retrains_a_changed_one(tmp_p
 
     output = project.dvc("repro", "train_clip")  # DVC deletes the outputs, then reruns
     assert f"resuming after epoch {stopped_at}" in output
-    rows = _rows(tmp_path / "logs/clip/epochs.tsv")
+    rows = epoch_rows(tmp_path / "logs/clip/epochs.tsv")
     assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
     assert not state.parent.exists()
     assert project.changed_stages("train_clip") == set()
@@ -149,7 +150,7 @@ def test_dvc_repro_resumes_an_interrupted_stage_and_retrains_a_changed_one(tmp_p
     project.set_param("train_clip.lr", 2e-3)  # a finished stage whose params changed
     output = project.dvc("repro", "train_clip")
     assert "Running stage 'train_clip'" in output and "resuming" not in output
-    assert len(_rows(tmp_path / "logs/clip/epochs.tsv")) == EPOCHS
+    assert len(epoch_rows(tmp_path / "logs/clip/epochs.tsv")) == EPOCHS
 
 
 def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp_path):
