@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro results test lint bench lock clean-venv
+.PHONY: venv repro results test lint bench lock clean-venv gpu-wheels
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,24 @@ test: lint
 bench: venv
 	python benchmarks/preprocess_bench.py
 	python benchmarks/train_bench.py --small --device cpu
+
+# What a GPU machine without network lacks to run the stages (its image has torch, timm,
+# torchvision, numpy, pillow, pyyaml, tqdm, ...): wheels for Python 3.12, pinned as in
+# requirements.lock, into .whl/. Bring .whl/ along and run `bash benchmarks/gpu_check.sh OUT`.
+GPU_WHEELS := open_clip_torch ftfy wcwidth pydantic pydantic_core annotated-types \
+	typing-inspection dvclive dvc dvc-data dvc-http dvc-objects dvc-render dvc-studio-client \
+	scmrepo atpublic colorama diskcache dpath dulwich flatten-dict flufl.lock funcy orjson \
+	pathspec pygtrie ruamel.yaml sqltrie tabulate voluptuous zc.lockfile
+gpu-wheels:
+	rm -rf .whl && mkdir .whl
+	for name in $(GPU_WHEELS); do \
+	  pin=$$(grep -i -E "^$$name==" requirements.lock) || { echo "$$name: not pinned"; exit 1; }; \
+	  $(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps \
+	    --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	    --platform manylinux2014_x86_64 -d .whl "$$pin" || exit 1; \
+	done
+	du -sh .whl
 
 # Re-resolve requirements.lock from requirements.in (needs the package registry).
 lock:

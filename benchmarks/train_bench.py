@@ -26,21 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from harclip.aclip import AclipObjective
 from harclip.augment import DeviceAugment
 from harclip.config import AclipConfig, AclipTrainConfig, TrainConfig
 from harclip.engine import Batch, CachedSplit, Objective, train
 from harclip.har import CLASS_NAMES
 from harclip.hardware import describe, resolve_device
-from harclip.models import (
-    PromptEncoder,
-    build_classifier,
-    create_tokenizer,
-    image_normalisation,
-    init_head,
-    model_image_size,
-)
+from harclip.models import image_normalisation, model_image_size
 from harclip.synthetic import generate
+from harclip.train import build_model, build_objective
 
 HAR_TRAIN_IMAGES = 10_080  # 80 % of HAR's 12,600 labelled images
 
@@ -65,19 +58,11 @@ def cases(small: bool, batch: int, compile_: bool) -> list[tuple[str, TrainConfi
 
 
 def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Objective]:
-    """The classifier (random weights) and its objective; SigLIP's hub tokenizer is skipped."""
-    model = build_classifier(config.model, None, len(CLASS_NAMES)).to(device)
-    init_head(model, torch.randn(len(CLASS_NAMES), model.head.in_features, device=device),
-              "random")
-    if isinstance(config, AclipTrainConfig):
-        prompts = PromptEncoder(create_tokenizer(config.model), CLASS_NAMES,
-                                config.prompt_templates).to(device)
-        return model, AclipObjective(model, prompts, config.aclip, config.contrastive_weight)
-    for param in model.clip.parameters():
-        param.requires_grad_(False)
-    for param in [*model.clip.visual.parameters(), *model.head.parameters()]:
-        param.requires_grad_(True)
-    return model, Objective()
+    """The stage's own model and objective (random weights; the head is random too, so
+    SigLIP's hub tokenizer is not needed)."""
+    model, prompts = build_model(config)
+    return model.to(device), build_objective(config, model, prompts.to(device)
+                                             if prompts is not None else None)
 
 
 def synthetic_cache(count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +124,7 @@ def naive_input_path(images: np.ndarray, config: TrainConfig, device: torch.devi
                 batch = batch.to(device, non_blocking=True)
                 labels = torch.randint(0, len(CLASS_NAMES), (len(batch),), device=device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss, _ = objective.loss(model, Batch(batch, labels))
+                    loss, _, _ = objective.loss(model, Batch(batch, labels))
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

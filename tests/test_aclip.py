@@ -9,6 +9,7 @@ from harclip.aclip import (
     ema_update,
     install_token_selection,
     keeping,
+    kept_count,
     momentum_at,
     patch_saliency,
     select_tokens,
@@ -32,10 +33,20 @@ def _images(n=3):
     return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
+def test_the_kept_count_is_the_official_codes():
+    """microsoft/A-CLIP's get_att_mask keeps int(blocks × ratio) + 1 blocks."""
+    assert kept_count(49, 0.5) == 25  # ViT-B/16 at 224 px: 7×7 blocks
+    assert kept_count(49, 0.75) == 37
+    assert kept_count(16, 0.75) == 13  # the demo's tiny ViT: 4×4 blocks
+    assert kept_count(49, 1.0) == 49  # never more than there are
+    keep = select_tokens(torch.rand(3, 196), 0.5, 14, blocks=True)
+    assert keep.shape == (3, 100) and (keep.diff(dim=1) > 0).all()
+
+
 def test_patch_selection_keeps_exactly_the_highest_scoring_patches():
     saliency = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.0, 0.5, 0.2, 0.7, 0.4]])
-    keep = select_tokens(saliency, keep_ratio=1 / 3, grid=3, blocks=False)
-    assert keep.tolist() == [[1, 3, 7]]
+    keep = select_tokens(saliency, keep_ratio=0.25, grid=3, blocks=False)
+    assert keep.tolist() == [[1, 3, 7]]  # int(9 × 0.25) + 1 = 3
 
 
 def test_block_selection_keeps_whole_2x2_blocks_of_the_highest_mean():
@@ -44,8 +55,8 @@ def test_block_selection_keeps_whole_2x2_blocks_of_the_highest_mean():
     saliency[0, :2, 2:] = 1.0  # top-right block
     saliency[0, 2:, :2] = 0.6  # bottom-left block
     saliency[0, 0, 0] = 0.9  # one hot patch in a block whose mean stays low
-    keep = select_tokens(saliency.view(1, -1), keep_ratio=0.5, grid=grid, blocks=True)
-    assert keep.tolist() == [[2, 3, 6, 7, 8, 9, 12, 13]]
+    keep = select_tokens(saliency.view(1, -1), keep_ratio=0.25, grid=grid, blocks=True)
+    assert keep.tolist() == [[2, 3, 6, 7, 8, 9, 12, 13]]  # int(4 × 0.25) + 1 = 2 blocks
 
 
 def test_selected_forward_keeps_cls_and_sees_only_the_kept_tokens(visual):
@@ -53,7 +64,7 @@ def test_selected_forward_keeps_cls_and_sees_only_the_kept_tokens(visual):
     seen = []
     handle = visual.transformer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     images = _images()
-    keep = select_tokens(torch.rand(3, 64), 0.25, 8, blocks=True)
+    keep = select_tokens(torch.rand(3, 64), 0.2, 8, blocks=True)
     with keeping(selector, keep):
         visual(images)
     visual(images)
@@ -116,53 +127,98 @@ def test_ema_update_mixes_teacher_and_student():
         assert torch.allclose(new, 0.9 * old + 0.1 * source)
 
 
-def _objective(saliency="teacher", selection="block"):
+def _objective(saliency="teacher", selection="block", keep_ratio=0.5):
     torch.manual_seed(0)
-    config = AclipTrainConfig(aclip=AclipConfig(saliency=saliency, selection=selection))
+    config = AclipTrainConfig(aclip=AclipConfig(saliency=saliency, selection=selection,
+                                                keep_ratio=keep_ratio))
     model, prompts = build_model(config)
     return model, AclipObjective(model, prompts, config.aclip, config.contrastive_weight)
 
 
-@pytest.mark.parametrize("saliency", ["teacher", "cached"])
-def test_dual_loss_trains_the_student_on_half_the_tokens(saliency):
+def _epoch_batch(model, objective, count=4, epoch=1, whole_image_crops=False):
+    """A batch as the Trainer makes it (crops, the whole view where asked) after the
+    objective's per-epoch work; with `whole_image_crops`, each crop is the whole image,
+    mirrored or not."""
+    full = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0)} if whole_image_crops else {}
+    augment = DeviceAugment(64, *image_normalisation(model.clip), **full)
+    uint8 = torch.randint(0, 256, (count, 3, 64, 64), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(5))
+    split = CachedSplit(uint8.numpy(), (torch.arange(count) % 15).numpy(), torch.device("cpu"))
+    objective.before_epoch(epoch, split, augment)
+    crop = augment.crop_params(count, torch.Generator().manual_seed(0), uint8.device)
+    whole = augment.eval(uint8) if objective.wants_whole_view else None
+    return Batch(augment.warp(uint8, crop), split.labels, torch.arange(count), crop, whole)
+
+
+@pytest.mark.parametrize("saliency", ["teacher", "cached", "random"])
+def test_dual_loss_trains_the_student_on_the_kept_tokens(saliency):
     model, objective = _objective(saliency)
-    augment = DeviceAugment(64, *image_normalisation(model.clip))
-    uint8 = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
-    split = CachedSplit(uint8.numpy(), torch.arange(4).numpy(), torch.device("cpu"))
-    objective.before_epoch(1, split, augment)
-    crop = augment.crop_params(len(uint8), torch.Generator().manual_seed(0), uint8.device)
-    views = augment.warp(uint8, crop)
+    batch = _epoch_batch(model, objective)
     seen = []
     hook = model.clip.visual.transformer.register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].shape[1]))
-    loss, logits = objective.loss(model, Batch(views, torch.arange(4), torch.arange(4), crop))
+    loss, logits, _ = objective.loss(model, batch)
     loss.backward()
     assert logits.shape == (4, 15) and torch.isfinite(loss)
-    assert seen[-1] == 1 + 32  # the student's pass: [CLS] + half of the 64 patches
+    assert seen[-1] == 1 + 36  # the student's pass: [CLS] + 9 of the 16 2×2 blocks
     assert model.clip.visual.conv1.weight.grad is not None
     assert all(p.grad is None for p in objective.teacher.parameters())
     with torch.no_grad():
-        assert model(views).shape == (4, 15)  # evaluation: all tokens, nothing selected
+        assert model(batch.images).shape == (4, 15)  # evaluation: all tokens
     hook.remove()
     assert seen[-1] == 65
 
 
 def test_cached_saliency_follows_each_crops_geometry():
     model, objective = _objective("cached")
-    augment = DeviceAugment(64, *image_normalisation(model.clip), scale=(1.0, 1.0),
-                            ratio=(1.0, 1.0))
-    uint8 = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
-    split = CachedSplit(uint8.numpy(), torch.zeros(8, dtype=torch.long).numpy(),
-                        torch.device("cpu"))
-    objective.before_epoch(1, split, augment)
-    crop = augment.crop_params(len(uint8), torch.Generator().manual_seed(0), uint8.device)
-    views = augment.warp(uint8, crop)
-    warped = objective.saliency(Batch(views, torch.zeros(8), torch.arange(8), crop))
+    batch = _epoch_batch(model, objective, count=8, whole_image_crops=True)
+    warped = objective.saliency(batch)
     maps = objective.cached.view(8, 8, 8)
-    mirrored = crop[:, 0, 0] < 0
+    mirrored = batch.crop[:, 0, 0] < 0
     assert 0 < mirrored.sum() < 8
     expected = torch.where(mirrored.view(8, 1, 1), maps.flip(-1), maps).view(8, -1)
     assert torch.allclose(warped, expected, atol=1e-5)
+
+
+def test_the_per_step_teacher_is_a_cache_refreshed_every_step():
+    """Both modes score the whole image and warp the map to the crop: with the same teacher
+    weights they choose the same tokens, and differ only in how stale the map is."""
+    model, teacher_mode = _objective("teacher")
+    batch = _epoch_batch(model, teacher_mode, count=6)
+    _, cached_mode = _objective("cached")
+    cached_mode.teacher.load_state_dict(teacher_mode.teacher.state_dict())
+    cached_batch = _epoch_batch(model, cached_mode, count=6)
+    assert torch.equal(cached_batch.images, batch.images)
+    assert torch.allclose(teacher_mode.saliency(batch), cached_mode.saliency(cached_batch),
+                          atol=1e-6)
+
+
+def test_random_choice_keeps_the_same_count_in_whole_blocks_and_changes_every_epoch():
+    model, objective = _objective("random")
+    chosen = []
+    for epoch in (1, 2):
+        batch = _epoch_batch(model, objective, count=6, epoch=epoch)
+        keep = select_tokens(objective.saliency(batch), 0.5, 8, blocks=True)
+        assert keep.shape == (6, 36)  # as many as attentive choice keeps: 9 blocks of 4
+        block_of = (keep // 8 // 2) * 4 + (keep % 8) // 2  # 2×2 block id on the 8×8 grid
+        per_block = torch.stack([torch.bincount(b, minlength=16) for b in block_of])
+        assert set(per_block.unique().tolist()) == {0, 4}  # whole blocks only
+        chosen.append(keep)
+    assert not torch.equal(chosen[0], chosen[1])  # a new draw every epoch
+    assert len({tuple(k.tolist()) for k in chosen[0]}) > 1  # and per image
+
+
+def test_keep_ratio_one_trains_on_every_token_without_a_teacher_pass():
+    model, objective = _objective("teacher", keep_ratio=1.0)
+    assert not objective.wants_whole_view
+    batch = _epoch_batch(model, objective)
+    calls = []
+    objective.teacher.register_forward_hook(lambda *_: calls.append(1))
+    seen = []
+    model.clip.visual.transformer.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].shape[1]))
+    objective.loss(model, batch)
+    assert seen == [65] and not calls
 
 
 def test_block_selection_on_an_odd_patch_grid_is_refused():

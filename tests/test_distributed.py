@@ -27,6 +27,7 @@ import yaml
 from harclip import train
 from harclip.config import load_params
 from harclip.distributed import process_device, relaunch
+from harclip.preprocess import CacheItem, cache_classes, load_split, write_cache
 from harclip.stage import StageError
 from tests.conftest import REPO_ROOT
 from tests.test_resume import epoch_rows, saved_epochs
@@ -38,11 +39,19 @@ TRAIN_IMAGES = 192  # 12 steps of 16: no short last step, which N processes trim
 
 @pytest.fixture(scope="module")
 def even_cache(small_cache, tmp_path_factory) -> Path:
-    cache = tmp_path_factory.mktemp("even")
-    for split, count in (("train", TRAIN_IMAGES), ("val", None)):
-        for kind in ("images", "labels"):
-            array = np.load(small_cache / f"{split}_{kind}.npy")
-            np.save(cache / f"{split}_{kind}.npy", array[:count])
+    """The small cache's first TRAIN_IMAGES train images (repeated where it has fewer) and its
+    val split."""
+    cache = tmp_path_factory.mktemp("even") / "cache"
+    items, split_of = [], []
+    for index, split in enumerate(("train", "val")):
+        images, labels = load_split(small_cache, split)
+        rows = np.resize(np.arange(len(labels)), TRAIN_IMAGES) if split == "train" \
+            else np.arange(len(labels))
+        items += [CacheItem(f"{split}_{i}", int(labels[r]), f"{split}_{i}", images[r])
+                  for i, r in enumerate(rows)]
+        split_of += [index] * len(rows)
+    write_cache(cache, items, np.array(split_of), cache_classes(small_cache),
+                load_split(small_cache, "val")[0].shape[-1])
     return cache
 
 
@@ -50,7 +59,7 @@ def _config(method: str, **changes):
     config = replace(train.section(load_params(REPO_ROOT / "params.yaml"), method),
                      **{"epochs": 2, "batch_size": 16, "device": "cpu", "log_every": 1000,
                         **changes})
-    if method == "sglip":  # exercise SigLIP's distributed sigmoid loss too
+    if method == "sglip":  # exercise the sigmoid image–text term across processes too
         config = replace(config, contrastive_weight=0.5)
     return config
 
@@ -93,7 +102,8 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp
     written = {p.relative_to(tmp_path / "rank0").as_posix()
                for p in (tmp_path / "rank0").rglob("*") if p.is_file()}
     assert written == {f"models/{method}.pt", f"logs/{method}/epochs.tsv",
-                       f"logs/{method}/train.log", f"metrics/{method}/train.json"}
+                       f"logs/{method}/train.log", f"metrics/{method}/train.json",
+                       f"resume/{method}.lock"}  # the run's lock, held by rank 0
     assert not [p for p in (tmp_path / "rank1").rglob("*") if p.is_file()]
 
 

@@ -14,6 +14,7 @@ from harclip.evaluate import classification_metrics, evaluate
 from harclip.har import CLASS_NAMES
 from harclip.models import create_backbone, save_checkpoint
 from harclip.plot import plot
+from harclip.preprocess import CacheItem, write_cache
 from harclip.stage import StageError
 from harclip.train import METHODS, build_model
 
@@ -23,7 +24,7 @@ def test_classification_metrics_match_a_hand_count():
     labels = rng.integers(0, 15, 200)
     logits = rng.normal(size=(200, 15))
     logits[np.arange(100), labels[:100]] += 5  # half of them right
-    metrics = classification_metrics(labels, logits, list(CLASS_NAMES))
+    metrics, per_class = classification_metrics(labels, logits, list(CLASS_NAMES))
     predicted = logits.argmax(1)
     assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels))
     top5 = np.argsort(-logits, axis=1)[:, :5]
@@ -31,15 +32,19 @@ def test_classification_metrics_match_a_hand_count():
     assert metrics["top5_accuracy"] == pytest.approx(np.mean(hits))
     for index, name in enumerate(CLASS_NAMES):
         mine = labels == index
-        assert metrics["per_class_accuracy"][name] == pytest.approx(
+        assert per_class[name] == pytest.approx(
             np.mean(predicted[mine] == index) if mine.any() else 0.0)
+    few, _ = classification_metrics(labels % 4, logits[:, :4], ["a", "b", "c", "d"])
+    assert "top5_accuracy" not in few  # with 5 classes or fewer it would always be 1
 
 
-def _cache(root, n=30, size=32):
+def _cache(root, n_val=30, n_test=20, size=32):
     rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    np.save(root / "val_images.npy", rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8))
-    np.save(root / "val_labels.npy", np.arange(n) % 15)
+    items = [CacheItem(f"{i}.jpg", i % 15, f"h{i}",
+                       rng.integers(0, 256, (3, size, size), dtype=np.uint8))
+             for i in range(10 + n_val + n_test)]
+    split_of = np.array([0] * 10 + [1] * n_val + [2] * n_test)
+    write_cache(root, items, split_of, list(CLASS_NAMES), size)
 
 
 def _checkpoint(models, name, pretrained=None):
@@ -52,27 +57,45 @@ def _checkpoint(models, name, pretrained=None):
                     {"params": asdict(config), "epoch": 2, "val_acc": 0.5})
 
 
-def test_evaluate_writes_metrics_that_agree_with_sklearn_on_its_predictions(tmp_path):
+def test_evaluate_scores_val_and_test_and_agrees_with_sklearn(tmp_path):
     _cache(tmp_path / "cache")
     weights = tmp_path / "backbone.pt"
     torch.save(create_backbone("harclip-tiny-clip", None).state_dict(), weights)
     _checkpoint(tmp_path / "models", "clip", pretrained=str(weights))
     metrics = evaluate("clip", EvaluateConfig(batch_size=7), tmp_path / "cache",
                        tmp_path / "models", tmp_path / "metrics")
-    saved = json.loads((tmp_path / "metrics" / "clip" / "eval.json").read_text())
+    out = tmp_path / "metrics" / "clip"
+    saved = json.loads((out / "eval.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
-    with open(tmp_path / "metrics" / "clip" / "predictions.csv") as handle:
+    assert set(saved) == {"val", "test", "zero_shot_accuracy"}
+    numbers = [v for split in saved.values() for v in split.values()]
+    assert all(isinstance(v, float) for v in numbers)  # what `dvc metrics` compares, only
+    with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     actual = [r["actual"] for r in rows]
     predicted = [r["predicted"] for r in rows]
-    assert len(rows) == 30 and set(actual) == set(CLASS_NAMES)
-    assert saved["accuracy"] == pytest.approx(accuracy_score(actual, predicted))
-    assert saved["macro_f1"] == pytest.approx(
+    assert len(rows) == 20  # the confusion matrix is on the test split
+    assert saved["test"]["accuracy"] == pytest.approx(accuracy_score(actual, predicted))
+    assert saved["test"]["macro_f1"] == pytest.approx(
         f1_score(actual, predicted, labels=list(CLASS_NAMES), average="macro", zero_division=0))
-    assert saved["checkpoint_epoch"] == 2 and saved["val_images"] == 30
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == {"val": 30, "test": 20} and report["checkpoint_epoch"] == 2
+    assert report["classes"] == list(CLASS_NAMES) and report["predictions_split"] == "test"
+    assert set(report["per_class_accuracy"]["test"]) == set(CLASS_NAMES)
     # The checkpoint's head was initialised from text and never trained, so the untouched
     # backbone's zero-shot accuracy is the same number.
-    assert saved["zero_shot_accuracy"] == pytest.approx(saved["accuracy"])
+    for split in ("val", "test"):
+        assert saved["zero_shot_accuracy"][split] == pytest.approx(saved[split]["accuracy"])
+
+
+def test_without_a_test_split_evaluate_reports_val_alone(tmp_path):
+    _cache(tmp_path / "cache", n_test=0)
+    _checkpoint(tmp_path / "models", "clip")
+    metrics = evaluate("clip", EvaluateConfig(), tmp_path / "cache", tmp_path / "models",
+                       tmp_path / "metrics")
+    assert set(metrics) == {"val"}
+    report = json.loads((tmp_path / "metrics" / "clip" / "report.json").read_text())
+    assert report["predictions_split"] == "val"
 
 
 def test_evaluate_without_a_checkpoint_names_it_and_the_stage_that_makes_it(tmp_path):
@@ -88,28 +111,36 @@ def test_evaluate_without_a_checkpoint_names_it_and_the_stage_that_makes_it(tmp_
                  tmp_path / "metrics")
 
 
-def _fabricate_results(root):
+EPOCH_COLUMNS = ("epoch", "train_loss", "train_image_text_loss", "train_acc", "val_loss",
+                 "val_acc", "epoch_time_s", "refresh_time_s", "images_per_s", "peak_memory_mb",
+                 "lr")
+
+
+def _fabricate_results(root, classes=CLASS_NAMES):
     rng = np.random.default_rng(1)
     for name in METHODS:
         (root / "logs" / name).mkdir(parents=True)
         with open(root / "logs" / name / "epochs.tsv", "w") as handle:
-            handle.write("epoch\ttrain_loss\ttrain_acc\tval_loss\tval_acc\tepoch_time_s\t"
-                         "images_per_s\tpeak_memory_mb\tlr\n")
+            handle.write("\t".join(EPOCH_COLUMNS) + "\n")
             for epoch in range(1, 4):
-                handle.write(f"{epoch}\t{2 / epoch}\t{0.2 * epoch}\t{2.2 / epoch}\t"
-                             f"{0.18 * epoch}\t10.5\t300\t1000\t1e-3\n")
+                refresh = 0.5 if name == "aclip" else 0.0
+                handle.write(f"{epoch}\t{2 / epoch}\t0.0\t{0.2 * epoch}\t{2.2 / epoch}\t"
+                             f"{0.18 * epoch}\t10.5\t{refresh}\t300\t1000\t1e-3\n")
         (root / "metrics" / name).mkdir(parents=True)
         (root / "metrics" / name / "train.json").write_text(json.dumps({
             "best_val_acc": 0.54, "best_epoch": 3, "mean_epoch_time_s": 10.5,
+            "first_epoch_time_s": 30.0, "mean_refresh_time_s": 0.0,
             "mean_images_per_s": 300.0, "peak_memory_mb": 1000.0, "device": "cpu",
             "hardware": "2 CPU cores (test)"}))
         (root / "metrics" / name / "eval.json").write_text(json.dumps({
-            "accuracy": 0.54, "macro_f1": 0.5, "top5_accuracy": 0.9,
-            "zero_shot_accuracy": None}))
+            "val": {"accuracy": 0.54, "macro_f1": 0.5, "top5_accuracy": 0.9},
+            "test": {"accuracy": 0.51, "macro_f1": 0.49, "top5_accuracy": 0.88}}))
+        (root / "metrics" / name / "report.json").write_text(json.dumps({
+            "classes": list(classes), "predictions_split": "test"}))
         with open(root / "metrics" / name / "predictions.csv", "w") as handle:
             handle.write("actual,predicted\n")
             for _ in range(60):
-                handle.write(f"{rng.choice(CLASS_NAMES)},{rng.choice(CLASS_NAMES)}\n")
+                handle.write(f"{rng.choice(classes)},{rng.choice(classes)}\n")
 
 
 def test_plot_writes_valid_figures_and_the_studys_tables(tmp_path):
@@ -124,12 +155,31 @@ def test_plot_writes_valid_figures_and_the_studys_tables(tmp_path):
             image.verify()
             assert image.size[0] > 200
     summary = (tmp_path / "plots" / "summary.md").read_text()
-    assert "| Model | Validation Accuracy | Best Epoch | Time per Epoch | Peak Memory" in summary
+    assert "| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch" in summary
     for label in ("**CLIP**", "**SigLIP**", "**A-CLIP**"):
-        assert f"| {label} | 54.0% | 3 | 10.5 s | 0.98 GB | 300 img/s |" in summary
+        assert f"| {label} | 54.0% | 51.0% | 3 | 10.5 s | 30.0 s | 0.98 GB | 300 img/s | " \
+               f"0.490 | 88.0% | — |" in summary
+    assert "Measured on 2 CPU cores (test)." in summary
     epochs = (tmp_path / "plots" / "epochs.md").read_text()
-    assert epochs.count("| Epoch | Train Acc | Val Acc | Time (s) | Peak Mem (MB) |") == 3
+    assert epochs.count("| Epoch | Train Acc | Val Acc | Time (s) |") == 3
     assert "| 3 | 0.600 | 0.540 | 10.5 | 1000 |" in epochs
+    assert "| 3 | 0.600 | 0.540 | 10.5 | 0.5 | 1000 |" in epochs  # A-CLIP's refresh column
+    confusions = (tmp_path / "plots" / "confusions.md").read_text()
+    assert confusions.count("most frequent confusions (test split)") == 3
+
+
+def test_confusion_figures_grow_with_the_number_of_classes(tmp_path):
+    sizes = {}
+    for count in (5, 40):
+        classes = [f"class_{i:02d}" for i in range(count)]
+        root = tmp_path / str(count)
+        _fabricate_results(root, classes)
+        plot(PlotConfig(dpi=50), root / "logs", root / "metrics", root / "plots")
+        with Image.open(root / "plots" / "clip_confusion.png") as image:
+            sizes[count] = image.size
+        table = (root / "plots" / "confusions.md").read_text().splitlines()
+        assert sum(line.startswith("| class_") for line in table) == 3 * 10  # top 10 each
+    assert sizes[40][0] > 2 * sizes[5][0] and sizes[40][1] > 2 * sizes[5][1]
 
 
 def test_plot_names_a_missing_input_and_its_stage(tmp_path):

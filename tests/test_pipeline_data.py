@@ -17,7 +17,8 @@ def test_preprocess_runs_under_dvc_and_a_key_edit_reruns_only_what_reads_it(tmp_
     project = DvcProject(tmp_path, tiny_params())
     assert project.repro("preprocess") == ["download", "preprocess"]
     images, labels = load_split(tmp_path / "data" / "cache", "train")
-    assert images.shape[1:] == (3, 24, 24) and len(labels) == 75  # 6 per class, 1 of them to val
+    # 6 per class: 1 of them to val, 1 to test (round(0.6) = 1)
+    assert images.shape[1:] == (3, 24, 24) and len(labels) == 60
     assert project.changed_stages("preprocess") == set()
     project.commit("first run")
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from harclip.config import PreprocessConfig
-from harclip.har import CLASS_NAMES, write_labels_csv
-from harclip.preprocess import decode, load_split, preprocess, split_train_val
+from harclip.har import CLASS_NAMES, write_classes, write_labels_csv
+from harclip.preprocess import assign_splits, decode, load_split, preprocess
 from harclip.stage import StageError
 from tests.conftest import jpeg_bytes
 
@@ -77,12 +77,13 @@ def _raw_folder(root, per_class=4, classes=CLASS_NAMES[:3]):
             (root / "train" / name).write_bytes(jpeg_bytes(100 * c + i))
             rows.append((name, label))
     write_labels_csv(root / "Training_set.csv", rows)
+    write_classes(root, list(classes))
     return rows
 
 
-def _report(cache):
+def _report(cache, column="reason"):
     with open(cache / "bad_files.csv") as handle:
-        return {row["filename"]: row["reason"] for row in csv.DictReader(handle)}
+        return {row["filename"]: row[column] for row in csv.DictReader(handle)}
 
 
 def test_bad_inputs_are_skipped_listed_and_the_rest_is_processed(tmp_path):
@@ -115,7 +116,24 @@ def test_bad_inputs_are_skipped_listed_and_the_rest_is_processed(tmp_path):
     assert "not listed in Training_set.csv" in report["unlisted.jpg"]
     assert "duplicate row" in report[rows[0][0]]
     assert summary["bad_files"] == len(report) == 8
-    assert summary["train_images"] + summary["val_images"] == 30
+    assert summary["train_images"] + summary["val_images"] + summary["test_images"] == 30
+    assert _report(cache, "kind") == {
+        "empty.jpg": "empty_file", "notes.jpg": "not_an_image", "truncated.jpg": "corrupt_image",
+        "corrupt.jpg": _report(cache, "kind")["corrupt.jpg"], "gone.jpg": "missing_file",
+        "mystery.jpg": "unknown_label", "unlisted.jpg": "unlisted_file",
+        rows[0][0]: "duplicate_row"}
+    assert _report(cache, "kind")["corrupt.jpg"] in ("corrupt_image", "not_an_image")
+
+
+def test_the_log_summary_counts_rejections_by_kind(tmp_path, caplog):
+    raw, cache = tmp_path / "raw", tmp_path / "cache"
+    rows = _raw_folder(raw, per_class=10)
+    rows += [("gone.jpg", "calling"), ("lost (1).jpg", "calling")]
+    write_labels_csv(raw / "Training_set.csv", rows)
+    with caplog.at_level("WARNING", logger="harclip"):
+        preprocess(PreprocessConfig(image_size=SIZE, max_bad_fraction=0.5, workers=1), raw,
+                   cache)
+    assert "skipped 2 of 32 inputs: 2 × listed but missing" in caplog.text
 
 
 def test_too_many_bad_files_fail_without_touching_the_old_cache(tmp_path):
@@ -148,20 +166,23 @@ def test_cache_holds_uint8_tensors_labels_classes_and_a_manifest(tmp_path):
     assert np.array_equal(images[int(first_train["index"])], expected)
 
 
-def test_split_is_deterministic_stratified_and_keeps_duplicates_together():
-    rng = np.random.default_rng(0)
+def test_split_is_deterministic_stratified_disjoint_and_keeps_duplicates_together():
     labels = [c for c in range(15) for _ in range(40)]
     hashes = [f"h{i}" for i in range(len(labels))]
     for i in range(0, 600, 20):  # 30 duplicate pairs (same class, byte-identical)
         hashes[i + 1] = hashes[i]
-    first = split_train_val(labels, hashes, 0.2, seed=3)
-    assert np.array_equal(first, split_train_val(labels, hashes, 0.2, seed=3))
-    assert not np.array_equal(first, split_train_val(labels, hashes, 0.2, seed=4))
-    per_class_val = Counter(np.asarray(labels)[first].tolist())
-    assert all(per_class_val[c] == 8 for c in range(15))
+    first = assign_splits(labels, hashes, 0.2, 0.1, seed=3)
+    assert np.array_equal(first, assign_splits(labels, hashes, 0.2, 0.1, seed=3))
+    assert not np.array_equal(first, assign_splits(labels, hashes, 0.2, 0.1, seed=4))
+    for side, per_class in ((1, 8), (2, 4)):  # val 20 %, test 10 % of each class's 40
+        counts = Counter(np.asarray(labels)[first == side].tolist())
+        assert all(counts[c] == per_class for c in range(15))
+    assert set(first.tolist()) == {0, 1, 2}  # each image in exactly one split
     for i in range(0, 600, 20):
         assert first[i] == first[i + 1]
-    del rng
+    # without a test share the val split is the one a two-way split would draw
+    two_way = assign_splits(labels, hashes, 0.2, 0.0, seed=3)
+    assert set(two_way.tolist()) == {0, 1}
 
 
 def test_real_sample_duplicates_land_on_one_side(har_sample, tmp_path):
@@ -179,5 +200,6 @@ def test_real_sample_duplicates_land_on_one_side(har_sample, tmp_path):
     groups = [h for h in sides if sum(r["sha256"] == h for r in manifest) > 1]
     assert len(groups) == 55
     assert all(len(sides[h]) == 1 for h in groups)
-    per_class = Counter(row["label"] for row in manifest if row["split"] == "val")
-    assert set(per_class.values()) == {48}  # 20 % of 240 in every class
+    for split, share in (("val", 48), ("test", 24)):  # 20 % and 10 % of 240 in every class
+        per_class = Counter(row["label"] for row in manifest if row["split"] == split)
+        assert set(per_class.values()) == {share}

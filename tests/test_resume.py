@@ -71,7 +71,8 @@ class Stage:
             time.sleep(0.05)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=120)
-        assert process.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), stderr
+        expected = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
+        assert process.returncode == expected[sig], stderr
         return stderr
 
     def finish(self) -> str:
@@ -166,8 +167,8 @@ def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp
     train.save_resume_state(state, fingerprint, trainer)
 
     def resumable(changed) -> bool:
-        return train.load_resume_state(state, train.run_fingerprint(changed, small_cache),
-                                       ALONE.device) is not None
+        return train.load_resume_state(state, train.run_fingerprint(changed, small_cache)) \
+            is not None
 
     assert resumable(config)
     assert resumable(replace(config, nprocs=2, log_every=1))  # the trajectory ignores these
@@ -176,7 +177,6 @@ def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp
     other_data = tmp_path / "cache"
     other_data.mkdir()
     (other_data / "manifest.csv").write_text("split,row,file,label,sha256\n")
-    assert train.load_resume_state(state, train.run_fingerprint(config, other_data),
-                                   ALONE.device) is None
+    assert train.load_resume_state(state, train.run_fingerprint(config, other_data)) is None
     state.write_bytes(b"truncated")
     assert not resumable(config)

@@ -24,7 +24,9 @@ def test_generator_is_deterministic_for_a_seed_and_differs_across_seeds():
 
 
 def test_written_set_is_balanced_over_all_15_classes_in_the_kaggle_layout(tmp_path):
-    count = write_synthetic(SyntheticConfig(images_per_class=3, image_size=40, seed=0), tmp_path)
+    count, classes = write_synthetic(SyntheticConfig(images_per_class=3, image_size=40, seed=0),
+                                     tmp_path)
+    assert classes == list(CLASS_NAMES)
     rows = read_labels_csv(tmp_path / "Training_set.csv")
     assert count == len(rows) == 45
     assert Counter(row.label for row in rows) == {name: 3 for name in CLASS_NAMES}

@@ -56,11 +56,11 @@ def test_one_optimiser_step_lowers_the_loss_on_a_fixed_batch(name, contrastive_w
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4)
     images, labels = _batch()
     model.eval()  # no dropout: the same batch gives the same loss
-    before, _ = objective.loss(model, Batch(images, labels))
+    before, _, _ = objective.loss(model, Batch(images, labels))
     before.backward()
     optimizer.step()
     with torch.no_grad():
-        after, _ = objective.loss(model, Batch(images, labels))
+        after, _, _ = objective.loss(model, Batch(images, labels))
     assert after.item() < before.item()
 
 
@@ -199,7 +199,7 @@ def test_class_prompt_head_is_open_clips_zero_shot_classifier_times_the_scale(na
 
 def test_random_head_has_unit_rows_at_the_logit_scale():
     model = build_classifier("harclip-tiny-clip", None, 15)
-    init_head(model, torch.randn(15, 128), "random")
+    init_head(model, "random")
     norms = model.head.weight.norm(dim=1)
     assert torch.allclose(norms, model.clip.logit_scale.exp().expand(15), rtol=1e-5)
 
@@ -275,9 +275,9 @@ class _NanAfter(Objective):
         self.calls, self.good_steps = 0, good_steps
 
     def loss(self, model, batch):
-        loss, logits = super().loss(model, batch)
+        loss, logits, terms = super().loss(model, batch)
         self.calls += 1
-        return (loss * math.nan if self.calls > self.good_steps else loss), logits
+        return (loss * math.nan if self.calls > self.good_steps else loss), logits, terms
 
 
 def test_a_nan_loss_stops_the_run_naming_epoch_and_step():
@@ -311,3 +311,18 @@ def test_train_records_the_studys_columns_every_epoch():
         assert record.epoch_time_s > 0 and record.images_per_s > 0
         assert record.peak_memory_mb > 10  # the process's peak RSS on CPU
     assert history[-1].lr < history[0].lr
+
+
+def test_no_training_step_or_model_selection_reads_the_test_split(small_cache, tmp_path,
+                                                                  monkeypatch):
+    from harclip import train as train_stage
+
+    read = []
+    original = train_stage.load_split
+    monkeypatch.setattr(train_stage, "load_split",
+                        lambda cache, split: read.append(split) or original(cache, split))
+    assert len(original(small_cache, "test")[1]) > 0  # there is a test split to leak
+    train_stage.run("clip", TrainConfig(epochs=1, batch_size=32, device="cpu"), small_cache,
+                    tmp_path / "models", tmp_path / "logs", tmp_path / "metrics",
+                    tmp_path / "resume")
+    assert sorted(read) == ["train", "val"]

@@ -1,13 +1,15 @@
 """A-CLIP (Yang et al., ICCV 2023): attentive token masking with an EMA teacher, dual loss.
 
 An EMA copy of the image tower scores each patch by the attention its [CLS] token pays to
-it, averaged over heads and layers, on the un-masked view. The student image tower then sees
-only the top-scoring patch tokens plus [CLS] (after positional embeddings), so its cost really
-drops. The loss is cross-entropy on the class head plus λ × CLIP's image–text contrastive
-loss against the class-prompt embeddings. Evaluation always uses all tokens.
+it, averaged over heads and layers, on the whole image; the map is warped to the student's
+crop. The student image tower then sees only the top-scoring patch tokens plus [CLS] (after
+positional embeddings), so its cost really drops. The loss is cross-entropy on the class head
+plus λ × the class-level image–text term against the class-prompt embeddings. Evaluation
+always uses all tokens.
 
-With `saliency: cached`, saliency is computed once per image every `refresh_epochs` on the
-whole-image view and warped with each crop's geometry, which removes the per-step teacher pass.
+With `saliency: cached`, the maps are computed every `refresh_epochs` instead of every step;
+with `saliency: random` the same number of blocks is drawn at random (FLIP, the baseline that
+isolates what attentive choice buys); with `keep_ratio: 1.0` every token is kept.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harclip.config import AclipConfig
-from harclip.distributed import ALONE, World
 from harclip.engine import Batch, CachedSplit, ContrastiveObjective
-from harclip.models import PromptEncoder, is_siglip
+from harclip.models import PromptEncoder
 from harclip.stage import StageError
 
 
@@ -59,23 +60,30 @@ def patch_saliency(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return total[:, 1:] / len(blocks)
 
 
+def kept_count(units: int, keep_ratio: float) -> int:
+    """How many of `units` (blocks or patches) are kept: microsoft/A-CLIP's `get_att_mask`
+    count, int(units × ratio) + 1 (25 of 49 blocks at 0.5), at most all of them."""
+    return min(units, int(units * keep_ratio) + 1)
+
+
 def select_tokens(saliency: torch.Tensor, keep_ratio: float, grid: int,
                   blocks: bool) -> torch.Tensor:
     """Indices (B×K, ascending) of the patch tokens to keep: the most salient ones.
 
     In block mode the grid is scored in 2×2 blocks (the official code's granularity) and
-    whole blocks are kept.
+    whole blocks are kept; `kept_count` says how many.
     """
     batch = saliency.shape[0]
     if not blocks:
-        keep = max(1, round(keep_ratio * saliency.shape[1]))
-        return saliency.topk(keep, dim=1).indices.sort(dim=1).values
+        return saliency.topk(kept_count(saliency.shape[1], keep_ratio), dim=1).indices \
+            .sort(dim=1).values
     half = grid // 2
     block_scores = F.avg_pool2d(saliency.view(batch, 1, grid, grid), 2).view(batch, -1)
-    keep = max(1, round(keep_ratio * half * half))
-    top = block_scores.topk(keep, dim=1).indices  # block ids on the half-size grid
+    top = block_scores.topk(kept_count(half * half, keep_ratio), dim=1).indices
     rows, cols = (top // half) * 2, (top % half) * 2
-    offsets = torch.tensor([0, 1, grid, grid + 1], device=saliency.device)
+    # A block's four patches; built on the device (a host tensor would be a blocking copy).
+    corner = torch.arange(2, device=saliency.device)
+    offsets = (corner.view(2, 1) * grid + corner).view(-1)
     patches = (rows * grid + cols).unsqueeze(-1) + offsets
     return patches.view(batch, -1).sort(dim=1).values
 
@@ -133,44 +141,71 @@ def patch_grid(visual: nn.Module) -> int:
 
 
 class AclipObjective(ContrastiveObjective):
-    """Teacher-scored token selection for the student, then CE + λ × CLIP contrastive loss."""
+    """Token selection for the student, then CE + λ × the class-level image–text term.
+
+    How tokens are chosen (`saliency`) is the only thing that varies between A-CLIP and its
+    baselines on the same stage: `teacher` scores the whole image with the EMA teacher every
+    step (the official code's teacher sees an enclosing view, not the student's crop) and warps
+    the map to the student's crop; `cached` does the same from maps refreshed every
+    `refresh_epochs` (so the two differ only in how stale the map is); `random` draws the same
+    number of blocks uniformly at random per image and epoch (FLIP). `keep_ratio: 1.0` keeps
+    every token: plain full-token fine-tuning.
+    """
 
     def __init__(self, model: nn.Module, prompts: PromptEncoder, config: AclipConfig,
-                 contrastive_weight: float, world: World = ALONE) -> None:
-        super().__init__(prompts, contrastive_weight, is_siglip(model.clip), world)
+                 contrastive_weight: float, seed: int = 0) -> None:
+        super().__init__(prompts, contrastive_weight)
         visual = self.student = model.clip.visual
         self.selector = install_token_selection(visual)
         self.teacher = copy.deepcopy(visual).requires_grad_(False).eval()
         self.config = config
         self.grid = patch_grid(visual)
-        if config.selection == "block" and self.grid % 2:
+        self.blocks = config.selection == "block"
+        if self.blocks and self.grid % 2:
             raise StageError(f"train_aclip.aclip.selection: block needs an even patch grid; "
                              f"this model has {self.grid}×{self.grid}: use selection: patch")
+        units = (self.grid // 2) ** 2 if self.blocks else self.grid**2
+        self.all_tokens = kept_count(units, config.keep_ratio) == units
+        self.wants_whole_view = config.saliency == "teacher" and not self.all_tokens
         self.cached: torch.Tensor | None = None
+        """Per training image: a saliency map (cached) or random scores (random)."""
+        device = next(self.teacher.parameters()).device
+        self.random = torch.Generator(device=device).manual_seed(seed)
 
-    def before_epoch(self, epoch: int, split: CachedSplit, augment) -> None:
-        """With cached saliency, (re)score every training image every refresh_epochs."""
+    def before_epoch(self, epoch: int, split: CachedSplit, augment) -> bool:
+        """Cached saliency: (re)score every training image every refresh_epochs on its whole
+        view. Random choice: draw this epoch's scores for every image."""
+        if self.all_tokens:
+            return False
+        if self.config.saliency == "random":
+            self.cached = torch.rand(len(split), self.grid**2, generator=self.random,
+                                     device=split.device)
+            return False
         if self.config.saliency != "cached" or (epoch - 1) % self.config.refresh_epochs:
-            return
-        maps = []
-        order = torch.arange(len(split))
-        for images, _ in split.batches(order, 256):
-            maps.append(patch_saliency(self.teacher, augment.eval(images)))
+            return False
+        maps = [patch_saliency(self.teacher, augment.eval(images))
+                for images, _ in split.batches(torch.arange(len(split)), 256)]
         self.cached = torch.cat(maps).view(-1, 1, self.grid, self.grid)
+        return True
 
     def saliency(self, batch: Batch) -> torch.Tensor:
-        if self.config.saliency == "teacher":
-            return patch_saliency(self.teacher, batch.images)
+        """Per patch of the student's view, how much to keep it (B×N)."""
+        if self.config.saliency == "random":
+            return self.cached[batch.index]
+        maps = self.cached[batch.index] if self.config.saliency == "cached" else \
+            patch_saliency(self.teacher, batch.whole).view(-1, 1, self.grid, self.grid)
         # The crop's own affine warp, applied to the whole-image saliency map.
         grid = F.affine_grid(batch.crop, [len(batch.labels), 1, self.grid, self.grid],
                              align_corners=False)
-        warped = F.grid_sample(self.cached[batch.index], grid, mode="bilinear",
-                               padding_mode="border", align_corners=False)
+        warped = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border",
+                               align_corners=False)
         return warped.flatten(1)
 
     def image_features(self, model, batch):
+        if self.all_tokens:
+            return model.image_features(batch.images)
         keep = select_tokens(self.saliency(batch), self.config.keep_ratio, self.grid,
-                             self.config.selection == "block")
+                             self.blocks)
         with keeping(self.selector, keep):
             return model.image_features(batch.images)
 
@@ -179,8 +214,12 @@ class AclipObjective(ContrastiveObjective):
                    momentum_at(step, total_steps, self.config.momentum))
 
     def state_dict(self) -> dict:
-        return {"teacher": self.teacher.state_dict(), "cached": self.cached}
+        return {"teacher": self.teacher.state_dict(), "cached": self.cached,
+                "random": self.random.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.teacher.load_state_dict(state["teacher"])
-        self.cached = state["cached"]
+        cached = state["cached"]
+        self.cached = None if cached is None else \
+            cached.to(next(self.teacher.parameters()).device)
+        self.random.set_state(state["random"])

@@ -26,9 +26,16 @@ class DeviceAugment:
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
 
+    @classmethod
+    def for_eval(cls, preprocessing: dict) -> DeviceAugment:
+        """The evaluation view a checkpoint's `image_size`, `mean` and `std` describe."""
+        return cls(preprocessing["image_size"], tuple(preprocessing["mean"]),
+                   tuple(preprocessing["std"]))
+
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images - mean) / std
+        if self.mean.device != images.device:  # once: a copy per call would block the host
+            self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
+        return (images - self.mean) / self.std
 
     def crop_params(self, batch: int, generator: torch.Generator,
                     device: torch.device) -> torch.Tensor:

@@ -27,6 +27,9 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 DEFAULT_PARAMS = Path("params.yaml")
+HAR_REPO = "Bingsu/Human_Action_Recognition"
+METHODS = ("clip", "sglip", "aclip")
+"""The three training stages, train_<method>, in the study's order."""
 
 # Scalars are Strict* types: "64" is not an int and 1 is not a bool. Sections stay lax so a
 # nested mapping validates into its dataclass.
@@ -59,7 +62,16 @@ class DownloadConfig:
 
     source: Literal["synthetic", "huggingface", "kaggle", "folder"] = "synthetic"
     path: StrictStr | None = None
-    hf_repo: StrictStr = "Bingsu/Human_Action_Recognition"
+    classes: tuple[StrictStr, ...] | None = None
+    """Pins the class names and their order; a label outside them is reported as bad. null:
+    the classes the source has (HAR's 15 in the hub's order for HAR's sources)."""
+    hf_repo: StrictStr = HAR_REPO
+    hf_split: StrictStr = "train"
+    """The labelled split to read (HAR's hub test split has placeholder labels)."""
+    hf_image_column: StrictStr | None = None
+    """null: the column the dataset's features call Image, else `image`."""
+    hf_label_column: StrictStr | None = None
+    """null: the column the dataset's features call ClassLabel, else `labels`."""
     kaggle_dataset: StrictStr = "meetnagadia/human-action-recognition-har-dataset"
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
@@ -67,6 +79,9 @@ class DownloadConfig:
         if self.source == "folder" and not self.path:
             raise ValueError("source 'folder' needs download.path: a directory in the Kaggle "
                              "layout or with one sub-folder per class")
+        if self.classes is not None and (len(set(self.classes)) != len(self.classes)
+                                         or len(self.classes) < 2 or not all(self.classes)):
+            raise ValueError("classes: at least two distinct, non-empty class names")
 
 
 @dataclass(config=_STRICT)
@@ -78,10 +93,20 @@ class PreprocessConfig:
     """crop: shorter side to image_size, then the centre square (CLIP's view); squash: the
     whole image resized to a square, aspect ratio not kept."""
     val_fraction: Fraction = 0.2
+    test_fraction: Annotated[StrictFloat, Field(ge=0.0, lt=1.0)] = 0.1
+    """Held-out test share; no training step or model selection reads it. 0: val only."""
     seed: StrictInt = 0
     max_bad_fraction: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.05
+    max_image_pixels: Annotated[StrictInt, Field(ge=1)] = 89_478_485
+    """Images with more pixels are reported as bad, not decoded (decompression bombs); the
+    default is PIL's own limit."""
     workers: Annotated[StrictInt, Field(ge=0, le=256)] = 0
     """Decoding processes; 0 means one per CPU core."""
+
+    def __post_init__(self) -> None:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"val_fraction {self.val_fraction} + test_fraction "
+                             f"{self.test_fraction} leave nothing to train on")
 
 
 @dataclass(config=_STRICT)
@@ -105,6 +130,9 @@ class TrainConfig:
     """Model input size; null keeps the architecture's own."""
     head_init: Literal["text", "random"] = "text"
     prompt_templates: tuple[StrictStr, ...] = ("a photo of a person {}.",)
+    prompt_names: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    """A phrase per class for the templates' `{}` (e.g. using_laptop: using a laptop); other
+    classes read as their name with underscores as spaces."""
     contrastive_weight: Annotated[StrictFloat, Field(ge=0.0)] = 0.0
     """λ of the image–text contrastive term (the model's own pre-training loss); 0 = CE only."""
     epochs: Annotated[StrictInt, Field(ge=1, le=10_000)] = 10
@@ -156,14 +184,17 @@ class AclipConfig:
     """A-CLIP's attentive token masking."""
 
     keep_ratio: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 0.5
-    """Share of patch tokens the student sees ([CLS] is always kept)."""
+    """Share of patch blocks (or patches) the student sees, counted as the official code
+    does: int(units × ratio) + 1, so 0.5 keeps 25 of ViT-B/16's 49 blocks; [CLS] is always
+    kept."""
     selection: Literal["block", "patch"] = "block"
     """block: whole 2×2-patch blocks, as the official code; patch: single patches."""
     momentum: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.996
     """EMA teacher momentum at the start; it rises to 1 on a cosine schedule."""
-    saliency: Literal["teacher", "cached"] = "teacher"
-    """teacher: an EMA-teacher pass every step; cached: per-image maps refreshed every
-    refresh_epochs and warped with each crop (no per-step teacher pass)."""
+    saliency: Literal["teacher", "cached", "random"] = "teacher"
+    """How the kept tokens are chosen. teacher: the EMA teacher scores the whole image every
+    step; cached: per-image maps refreshed every refresh_epochs (no per-step teacher pass);
+    both are warped to each crop. random: the same number, uniformly at random (FLIP)."""
     refresh_epochs: Annotated[StrictInt, Field(ge=1)] = 1
 
 
@@ -265,11 +296,41 @@ def parse_params(data: dict[str, Any], path: Path = DEFAULT_PARAMS) -> Params:
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
-    """Read and validate a whole params file."""
+    """Read and validate a whole params file; every section must be there (an empty file
+    would otherwise run on code defaults that differ from the shipped params)."""
     path = Path(path)
-    return parse_params(read_yaml(path), path)
+    data = read_yaml(path)
+    missing = [name for name in section_names() if name not in data]
+    if missing:
+        raise ConfigError(f"{path}: {'empty' if not data else 'incomplete'}: missing "
+                          f"section(s) {', '.join(missing)}; start from the shipped "
+                          f"params.yaml or a file in configs/")
+    return parse_params(data, path)
 
 
 def section_names() -> list[str]:
-    """The top-level sections params.yaml may hold, in pipeline order."""
+    """The top-level sections params.yaml holds, in pipeline order."""
     return [f.name for f in fields(Params)]
+
+
+def main() -> None:
+    """`python -m harclip.config`: the check_params stage, which DVC runs on every `dvc repro`
+    so that a mistyped section is caught even when no other stage has to run."""
+    import argparse
+    import sys
+
+    cli = argparse.ArgumentParser(description="Validate a whole params file: every section, "
+                                              "key, type and range.")
+    cli.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                     help="params file to check (default: %(default)s)")
+    args = cli.parse_args()
+    try:
+        load_params(args.params)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{args.params}: valid")
+
+
+if __name__ == "__main__":
+    main()

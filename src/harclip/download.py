@@ -1,6 +1,9 @@
-"""download stage: bring HAR (or its synthetic stand-in) into data/raw in the Kaggle layout.
+"""download stage: bring a labelled image set (HAR by default, or its synthetic stand-in) into
+data/raw in the Kaggle layout.
 
-Every source ends in the same shape, `Training_set.csv` (`filename,label`) plus `train/`, so
+Every source ends in the same shape, `Training_set.csv` (`filename,label`) plus `train/` and
+`classes.json` (the class names found, in the source's order: HAR's 15 in the hub's order, a
+Hugging Face dataset's ClassLabel names, else sorted; `download.classes` pins them), so
 preprocessing has one ingestion path. Images are copied as they are: checking them is the
 preprocess stage's job, which reports bad files instead of dropping them.
 """
@@ -17,8 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from harclip import stage, synthetic
-from harclip.config import DownloadConfig, SyntheticConfig, load_params
-from harclip.har import CLASS_NAMES, IMAGE_DIR, LABELS_CSV, write_labels_csv
+from harclip.config import HAR_REPO, DownloadConfig, SyntheticConfig, load_params
+from harclip.har import (
+    CLASS_NAMES,
+    IMAGE_DIR,
+    LABELS_CSV,
+    natural_class_order,
+    read_labels_csv,
+    write_classes,
+    write_labels_csv,
+)
 
 RAW_DIR = Path("data/raw")
 KAGGLE_TOP = "Human Action Recognition"
@@ -26,8 +37,9 @@ OFFLINE_HINT = ("Without network access, set download.source: synthetic (the emb
                 "data) or download.source: folder with download.path: a local HAR folder")
 
 
-def write_synthetic(config: SyntheticConfig, dest: Path) -> int:
-    """Draw the synthetic set into `dest` in the Kaggle layout; return the image count."""
+def write_synthetic(config: SyntheticConfig, dest: Path) -> tuple[int, list[str]]:
+    """Draw the synthetic set into `dest` in the Kaggle layout; return the image count and the
+    class names."""
     (dest / IMAGE_DIR).mkdir(parents=True)
     total = config.images_per_class * len(CLASS_NAMES)
     rows = []
@@ -38,63 +50,107 @@ def write_synthetic(config: SyntheticConfig, dest: Path) -> int:
         image.save(dest / IMAGE_DIR / name, quality=92)
         rows.append((name, label))
     write_labels_csv(dest / LABELS_CSV, rows)
-    return total
+    return total, list(CLASS_NAMES)
 
 
-def _train_parquet_files(path: Path) -> list[Path]:
+def _split_parquet_files(path: Path, split: str) -> list[Path]:
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*.parquet") if "test" not in p.name)
+    files = sorted(p for p in path.rglob("*.parquet") if p.name.startswith(f"{split}-") or
+                   p.parent.name == split)
     if not files:
-        raise stage.StageError(f"{path}: no train parquet files found (expected e.g. "
-                               f"data/train-00000-of-00001.parquet)")
+        raise stage.StageError(f"{path}: no {split} parquet files found (expected e.g. "
+                               f"data/{split}-00000-of-00001.parquet; download.hf_split picks "
+                               f"the split)")
     return files
 
 
 def fetch_hf_parquet(config: DownloadConfig) -> list[Path]:
-    """The train-split parquet files: from download.path, else from the Hugging Face hub.
+    """The labelled split's parquet files: from download.path, else from the Hugging Face hub.
 
-    Only the train split is labelled; the hub's test split carries placeholder labels (all 0)
-    and is never fetched.
+    For HAR only the train split is labelled; the hub's test split carries placeholder labels
+    (all 0) and is never fetched.
     """
     if config.path:
-        return _train_parquet_files(Path(config.path))
+        return _split_parquet_files(Path(config.path), config.hf_split)
     from huggingface_hub import snapshot_download
 
     try:
         folder = snapshot_download(config.hf_repo, repo_type="dataset",
-                                   allow_patterns=["data/train-*.parquet"])
+                                   allow_patterns=[f"data/{config.hf_split}-*.parquet",
+                                                   f"*/{config.hf_split}/*.parquet"])
     except Exception as err:  # the hub client raises many network and auth error types
         raise stage.StageError(
             f"could not download {config.hf_repo} from the Hugging Face hub "
-            f"({type(err).__name__}: {err}). Download its data/train-*.parquet elsewhere and "
-            f"set download.path to it. {OFFLINE_HINT}") from err
-    return _train_parquet_files(Path(folder))
+            f"({type(err).__name__}: {err}). Download its data/{config.hf_split}-*.parquet "
+            f"elsewhere and set download.path to it. {OFFLINE_HINT}") from err
+    return _split_parquet_files(Path(folder), config.hf_split)
 
 
-def write_from_parquet(files: list[Path], dest: Path) -> int:
-    """Write images and labels from parquet files in the HF schema (`image`, `labels`)."""
+def hf_columns(file: Path, config: DownloadConfig) -> tuple[str, str, list[str] | None]:
+    """(image column, label column, ClassLabel names) of a parquet in the Hugging Face schema.
+
+    The columns come from download.hf_image_column / hf_label_column, else from the features
+    the datasets library records in the file (`Image`, `ClassLabel`), else the names HAR's
+    hub copy uses (`image`, `labels`). Names are None when the file records none.
+    """
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(file)
+    try:
+        features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    except (KeyError, TypeError, ValueError):
+        features = {}
+    typed = {kind: [name for name, feature in features.items()
+                    if isinstance(feature, dict) and feature.get("_type") == kind]
+             for kind in ("Image", "ClassLabel")}
+    image = config.hf_image_column or next(iter(typed["Image"]), "image")
+    label = config.hf_label_column or next(iter(typed["ClassLabel"]), "labels")
+    missing = [name for name in (image, label) if name not in schema.names]
+    if missing:
+        raise stage.StageError(
+            f"{file}: missing column(s) {missing}; expected an image column "
+            f"(struct{{bytes, path}}) and a class label column, found {schema.names} (set "
+            f"download.hf_image_column and download.hf_label_column)")
+    names = (features.get(label) or {}).get("names")
+    return image, label, list(names) if names else None
+
+
+def write_from_parquet(files: list[Path], dest: Path,
+                       config: DownloadConfig) -> tuple[int, list[str]]:
+    """Write images and labels from parquet files in the Hugging Face schema; return the count
+    and the class names (the ClassLabel's; HAR's for its hub copy, whose files may not say)."""
     import pyarrow.parquet as pq
 
     (dest / IMAGE_DIR).mkdir(parents=True)
-    rows = []
+    rows, classes = [], None
     for file in files:
-        table = pq.read_table(file)
-        missing = {"image", "labels"} - set(table.column_names)
-        if missing:
-            raise stage.StageError(f"{file}: missing column(s) {sorted(missing)}; expected the "
-                                   f"HF schema image=struct{{bytes, path}}, labels=class id")
+        image_column, label_column, names = hf_columns(file, config)
+        names = names or (list(config.classes) if config.classes else None) or \
+            (list(CLASS_NAMES) if config.hf_repo == HAR_REPO else None)
+        classes = classes or names
+        table = pq.read_table(file, columns=[image_column, label_column])
         records = table.to_pylist()
         for record in stage.progress(records, desc=f"unpacking {file.name}", unit="img"):
-            image, label_id = record["image"] or {}, record["labels"]
+            image, label = record[image_column] or {}, record[label_column]
             suffix = PurePosixPath(image.get("path") or "x.jpg").suffix or ".jpg"
             name = f"hf_{len(rows):05d}{suffix}"
             (dest / IMAGE_DIR / name).write_bytes(image.get("bytes") or b"")
-            known = isinstance(label_id, int) and 0 <= label_id < len(CLASS_NAMES)
-            # An unknown id is kept as text so preprocess reports it instead of dropping it.
-            rows.append((name, CLASS_NAMES[label_id] if known else f"label_id_{label_id}"))
+            rows.append((name, _label_text(label, classes)))
     write_labels_csv(dest / LABELS_CSV, rows)
-    return len(rows)
+    return len(rows), classes or natural_class_order(label for _, label in rows)
+
+
+def _label_text(label, classes: list[str] | None) -> str:
+    """A class id as its name; an id outside the names is kept as text, so preprocess reports
+    it instead of dropping it; a string label is its own name."""
+    if isinstance(label, str):
+        return label
+    if classes is None:
+        raise stage.StageError("integer class labels without ClassLabel names in the parquet's "
+                               "metadata: list the names in order as download.classes")
+    known = isinstance(label, int) and 0 <= label < len(classes)
+    return classes[label] if known else f"label_id_{label}"
 
 
 def _kaggle_credentials() -> bool:
@@ -154,6 +210,11 @@ def extract_kaggle_zip(zip_path: Path, dest: Path) -> int:
         dest.joinpath(LABELS_CSV).write_bytes(archive.read(str(top / LABELS_CSV)))
         members = [n for n in names if not n.endswith("/")
                    and PurePosixPath(n).parent == image_root]
+        unsafe = [n for n in members if PurePosixPath(n).name in ("", ".", "..")]
+        if unsafe:
+            stage.log.warning("download: skipped %d entries of %s that are not file names "
+                              "(%s)", len(unsafe), zip_path, ", ".join(unsafe[:3]))
+            members = [n for n in members if n not in unsafe]
         for member in stage.progress(members, desc="extracting", unit="img"):
             # Only the base name is used, so no member can write outside `dest`.
             target = dest / IMAGE_DIR / PurePosixPath(member).name
@@ -163,7 +224,7 @@ def extract_kaggle_zip(zip_path: Path, dest: Path) -> int:
 
 
 def copy_folder(source: Path, dest: Path) -> int:
-    """Copy a local HAR folder: Kaggle layout, or one sub-folder per class (names = labels)."""
+    """Copy a local folder: Kaggle layout, or one sub-folder per class (names = labels)."""
     if not source.is_dir():
         raise stage.StageError(f"{source}: folder not found (download.path)")
     if (source / LABELS_CSV).is_file():
@@ -173,7 +234,7 @@ def copy_folder(source: Path, dest: Path) -> int:
     class_dirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise stage.StageError(f"{source}: neither {LABELS_CSV} nor class sub-folders found; "
-                               f"expected the Kaggle layout or one sub-folder per action")
+                               f"expected the Kaggle layout or one sub-folder per class")
     rows = []
     for class_dir in class_dirs:
         files = sorted(p for p in class_dir.iterdir() if p.is_file())
@@ -188,24 +249,34 @@ def copy_folder(source: Path, dest: Path) -> int:
 def download(config: DownloadConfig, out_dir: Path = RAW_DIR) -> int:
     """Write the configured source to `out_dir` atomically; return the number of images."""
     with stage.atomic_directory(out_dir) as staging:
+        classes = None
         if config.source == "synthetic":
-            count = write_synthetic(config.synthetic, staging)
+            count, classes = write_synthetic(config.synthetic, staging)
         elif config.source == "huggingface":
-            count = write_from_parquet(fetch_hf_parquet(config), staging)
+            count, classes = write_from_parquet(fetch_hf_parquet(config), staging, config)
         elif config.source == "kaggle":
             with fetch_kaggle_zip(config) as zip_path:
                 count = extract_kaggle_zip(zip_path, staging)
         else:
             count = copy_folder(Path(config.path), staging)
-        provenance = {"source": config.source, "path": config.path, "images": count}
+        if config.classes:
+            classes = list(config.classes)
+        elif classes is None:
+            classes = natural_class_order(row.label for row in
+                                          read_labels_csv(staging / LABELS_CSV) if row.label)
+        write_classes(staging, classes)
+        provenance = {"source": config.source, "path": config.path, "images": count,
+                      "classes": len(classes)}
         (staging / "source.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    stage.log.info("download: %d images from %s into %s", count, config.source, out_dir)
+    stage.log.info("download: %d images of %d classes from %s into %s", count, len(classes),
+                   config.source, out_dir)
     return count
 
 
 def main() -> None:
-    cli = stage.parser("Fetch HAR (or the synthetic stand-in) into data/raw in the Kaggle "
-                       "layout: Training_set.csv + train/.")
+    cli = stage.parser("Fetch HAR (or the synthetic stand-in, or any labelled image set) into "
+                       "data/raw in the Kaggle layout: Training_set.csv + train/ + "
+                       "classes.json.")
     cli.add_argument("--out", type=Path, default=RAW_DIR, help="output folder (%(default)s)")
     args = cli.parse_args()
     stage.run(lambda: download(load_params(args.params).download, args.out))

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss, SigLipLoss
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -28,6 +27,7 @@ from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.config import TrainConfig
 from harclip.distributed import ALONE, World
+from harclip.models import class_text_loss
 from harclip.stage import StageError
 
 NO_WEIGHT_DECAY_NAMES = ("logit_scale", "logit_bias")
@@ -39,14 +39,22 @@ class TrainingDiverged(StageError):
 
 @dataclass
 class EpochRecord:
-    """What one epoch measured: the original study's table and more."""
+    """What one epoch measured: the original study's table and more.
+
+    Both losses named `*_loss` are the class head's cross-entropy, so train and val compare
+    like with like; the image–text term (unweighted) has its own column. `epoch_time_s` is
+    the epoch's training time, A-CLIP's saliency refresh (`refresh_time_s`) included and
+    validation excluded; `peak_memory_mb` is the peak above the resident image cache.
+    """
 
     epoch: int
     train_loss: float
+    train_image_text_loss: float
     train_acc: float
     val_loss: float
     val_acc: float
     epoch_time_s: float
+    refresh_time_s: float
     images_per_s: float
     peak_memory_mb: float
     lr: float
@@ -54,25 +62,35 @@ class EpochRecord:
 
 @dataclass
 class Batch:
-    """One micro-batch on the device: augmented images, labels, their rows in the split and
-    each crop's affine matrix (for methods that warp per-image data the same way)."""
+    """One micro-batch on the device: augmented images, labels, their rows in the split, each
+    crop's affine matrix (for methods that warp per-image data the same way) and, for an
+    objective that asks for it, the whole uncropped view of each image."""
 
     images: torch.Tensor
     labels: torch.Tensor
     index: torch.Tensor | None = None
     crop: torch.Tensor | None = None
+    whole: torch.Tensor | None = None
 
 
 class Objective:
     """A method's loss: by default cross-entropy on the class head."""
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, class logits) for one micro-batch."""
-        logits = model(batch.images)
-        return F.cross_entropy(logits, batch.labels), logits
+    wants_whole_view = False
+    """Whether each Batch must carry the whole, uncropped view of its images."""
 
-    def before_epoch(self, epoch: int, split: CachedSplit, augment: DeviceAugment) -> None:
-        """Hook for per-epoch work (A-CLIP's cached saliency)."""
+    def loss(self, model: nn.Module, batch: Batch
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss to minimise, class logits, detached [cross-entropy, image–text term]) for
+        one micro-batch."""
+        logits = model(batch.images)
+        loss = F.cross_entropy(logits, batch.labels)
+        return loss, logits, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
+
+    def before_epoch(self, epoch: int, split: CachedSplit, augment: DeviceAugment) -> bool:
+        """Hook for per-epoch work (A-CLIP's cached saliency), under the run's autocast;
+        whether there was any."""
+        return False
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state that follows the weights (A-CLIP's EMA teacher)."""
@@ -82,26 +100,20 @@ class Objective:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict returned."""
+        """Restore what state_dict returned (its tensors may arrive on the CPU)."""
 
 
 class ContrastiveObjective(Objective):
-    """CE on the class head + λ × the model's own pre-training loss against class prompts.
+    """CE on the class head + λ × the class-level image–text term (`class_text_loss`).
 
-    Each image's positive text is its class prompt embedding from the live text tower;
-    open_clip's ClipLoss (softmax) serves CLIP, its SigLipLoss (sigmoid) serves SigLIP.
-    Subclasses change how image features are computed (A-CLIP: from the kept tokens only).
-    With several processes, each scores its own images against every process's texts
-    (open_clip's gathered loss, gradients flowing back through the gather), so the loss is
-    the one a single process would compute on the whole micro-batch.
+    Each image is scored against the C class-prompt embeddings from the live text tower with
+    the model's own loss family (softmax for CLIP, sigmoid for SigLIP). The class texts are the
+    same in every process, so nothing is gathered across processes. Subclasses change how image
+    features are computed (A-CLIP: from the kept tokens only).
     """
 
-    def __init__(self, prompts: nn.Module, weight: float, siglip: bool,
-                 world: World = ALONE) -> None:
-        self.prompts, self.weight, self.siglip = prompts, weight, siglip
-        self.contrastive = SigLipLoss(rank=world.rank, world_size=world.size) if siglip else \
-            ClipLoss(local_loss=True, gather_with_grad=True, rank=world.rank,
-                     world_size=world.size)
+    def __init__(self, prompts: nn.Module, weight: float) -> None:
+        self.prompts, self.weight = prompts, weight
 
     def image_features(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model.image_features(batch.images)
@@ -109,13 +121,11 @@ class ContrastiveObjective(Objective):
     def loss(self, model, batch):
         features = self.image_features(model, batch)
         logits = model.head(features)
-        loss = F.cross_entropy(logits, batch.labels)
-        if self.weight:
-            text = self.prompts(model.clip)[batch.labels]
-            scale = model.clip.logit_scale.exp()
-            bias = (model.clip.logit_bias,) if self.siglip else ()
-            loss = loss + self.weight * self.contrastive(features, text, scale, *bias)
-        return loss, logits
+        cross_entropy = F.cross_entropy(logits, batch.labels)
+        image_text = class_text_loss(features, self.prompts(model.clip), batch.labels,
+                                     model.clip)
+        return (cross_entropy + self.weight * image_text, logits,
+                torch.stack([cross_entropy.detach(), image_text.detach()]))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -168,9 +178,19 @@ class CachedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size()
+
+    def host_index(self, order: torch.Tensor) -> torch.Tensor:
+        """`order` ready for `batches`: in pinned memory on a GPU, so that each batch's
+        indices go up without blocking the host."""
+        return order.pin_memory() if self.device.type == "cuda" else order
+
     def batches(self, order: torch.Tensor, size: int,
                 with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
-        """(uint8 images, labels[, rows]) on the device, in `order` (a CPU index tensor)."""
+        """(uint8 images, labels[, rows]) on the device, in `order` (a CPU index tensor; pass
+        it through `host_index` first where no host sync is wanted)."""
         for start in range(0, len(order), size):
             index = order[start:start + size]
             on_device = index.to(self.device, non_blocking=True)
@@ -180,6 +200,11 @@ class CachedSplit:
                 images = self.images[index].pin_memory().to(self.device, non_blocking=True)
             yield (images, self.labels[on_device], on_device) if with_index else \
                 (images, self.labels[on_device])
+
+
+def resident_cache_bytes(device: torch.device, *splits: CachedSplit) -> int:
+    """Bytes of the image cache held where `device`'s peak memory is measured."""
+    return sum(split.nbytes for split in splits if split.images.device == device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -193,12 +218,19 @@ def peak_memory_mb(device: torch.device) -> float:
 def predict(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch_size: int,
             dtype: torch.dtype | None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Class logits (float32, on the device) for a split, or for its `rows`: deterministic
-    view, all tokens."""
+    view, all tokens. A short last batch is padded to `batch_size`, so a compiled model sees
+    one shape."""
     model.eval()
     rows = torch.arange(len(split)) if rows is None else rows
+    logits = []
     with autocast(split.device, dtype):
-        return torch.cat([model(augment.eval(images)).float()
-                          for images, _ in split.batches(rows, batch_size)])
+        for images, _ in split.batches(rows, batch_size):
+            count = len(images)
+            if count < batch_size < len(rows):
+                images = torch.cat([images, images[:1].expand(batch_size - count,
+                                                              *images.shape[1:])])
+            logits.append(model(augment.eval(images)).float()[:count])
+    return torch.cat(logits)
 
 
 def evaluate(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch_size: int,
@@ -220,6 +252,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (before reading a clock)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class TrainStep(nn.Module):
     """The model and its objective as one module whose forward is the training loss, so
     DistributedDataParallel, which hooks into forward, sees the whole computation."""
@@ -229,7 +267,7 @@ class TrainStep(nn.Module):
         self.model = model
         self.objective = objective  # not a module: its teacher stays out of DDP
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.objective.loss(self.model, batch)
 
 
@@ -243,10 +281,10 @@ def accumulate_gradients(step: nn.Module, micro_batches: Iterable[Batch], group_
     Each micro-batch's mean loss weighs by its share of the group (× world_size, which DDP's
     gradient averaging divides out), so the gradient is the mean over the whole effective
     batch, as one big batch in one process would give; DDP synchronises only after the last
-    micro-batch. Returns this process's summed loss, its number of correct predictions and
-    whether every loss was finite, as device tensors (no host sync).
+    micro-batch. Returns this process's summed [cross-entropy, image–text term], its number of
+    correct predictions and whether every loss was finite, as device tensors (no host sync).
     """
-    loss_sum = correct = finite = None
+    term_sums = correct = finite = None
     batches = iter(micro_batches)
     batch = next(batches)
     while batch is not None:
@@ -256,33 +294,36 @@ def accumulate_gradients(step: nn.Module, micro_batches: Iterable[Batch], group_
         with contextlib.nullcontext() if last or not hasattr(step, "no_sync") \
                 else step.no_sync():
             with autocast(labels.device, dtype):
-                loss, logits = step(batch)
+                loss, logits, terms = step(batch)
             scaler.scale(loss * (len(labels) * world_size / group_size)).backward()
-        batch_loss = loss.detach().float() * len(labels)
+        batch_terms = terms.float() * len(labels)
         batch_correct = (logits.detach().argmax(dim=1) == labels).sum()
         batch_finite = torch.isfinite(loss.detach())
-        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        term_sums = batch_terms if term_sums is None else term_sums + batch_terms
         correct = batch_correct if correct is None else correct + batch_correct
         finite = batch_finite if finite is None else finite & batch_finite
         if bar is not None:
             bar.update(len(labels) * world_size)
         batch = following
-    return loss_sum, correct, finite
+    return term_sums, correct, finite
 
 
-def effective_batches(order: torch.Tensor, batch_size: int, world_size: int
-                      ) -> Iterator[torch.Tensor]:
+def effective_batches(order: torch.Tensor, batch_size: int, world_size: int,
+                      drop_last: bool = False) -> Iterator[torch.Tensor]:
     """The epoch's effective batches; the last is cut to a multiple of world_size (dropped
-    if smaller), so every process gets an equal share of every step."""
+    if smaller), or dropped whenever short with `drop_last`, so every process gets an equal
+    share of every step."""
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
         usable = len(group) - len(group) % world_size
-        if usable:
+        if usable and not (drop_last and len(group) < batch_size):
             yield group[:usable]
 
 
-def steps_per_epoch(images: int, batch_size: int, world_size: int) -> int:
-    return sum(1 for _ in effective_batches(torch.arange(images), batch_size, world_size))
+def steps_per_epoch(images: int, batch_size: int, world_size: int,
+                    drop_last: bool = False) -> int:
+    return sum(1 for _ in effective_batches(torch.arange(images), batch_size, world_size,
+                                            drop_last))
 
 
 _NO_BAD_STEP = 2**62
@@ -295,6 +336,7 @@ class Trainer:
 
     Shuffling and crops come from two seeded streams drawn once per epoch for all images, so
     every process draws the same and an image's crop is the same whatever the process count.
+    A compiled run drops the epoch's short last step, so the compiled step sees one shape.
     """
 
     def __init__(self, model: nn.Module, objective: Objective, train_split: CachedSplit,
@@ -317,11 +359,16 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay),
                                            lr=config.lr, betas=config.betas,
                                            fused=self.device.type == "cuda")
+        self.drop_last = config.compile
         self.steps_per_epoch = steps_per_epoch(len(train_split), config.batch_size,
-                                               world.size)
+                                               world.size, self.drop_last)
+        if not self.steps_per_epoch:
+            raise StageError(f"{len(train_split)} training images make no full step of "
+                             f"batch_size {config.batch_size}; lower batch_size")
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.crops = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.cache_bytes = resident_cache_bytes(self.device, train_split, val_split)
         self.step = 0
         self.history: list[EpochRecord] = []
         self.train_step: nn.Module = TrainStep(model, objective)
@@ -343,6 +390,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`, loaded on the CPU (`torch.load(map_location="cpu")`):
+        random-generator states must be CPU byte tensors; weights and optimiser state move to
+        their parameters' device as they load."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -365,65 +415,88 @@ class Trainer:
             on_epoch(self.history[-1])
         return self.history
 
+    def epoch_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next epoch's image order (host, pinned on a GPU) and every image's crop."""
+        order = torch.randperm(len(self.train_split), generator=self.shuffle)
+        crops = self.augment.crop_params(len(self.train_split), self.crops, self.device)
+        return self.train_split.host_index(order), crops
+
+    def train_step_on(self, group: torch.Tensor, crops: torch.Tensor, bar=None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimiser step on an effective batch (this process's share of `group`); the
+        summed loss terms, correct count and finiteness stay on the device."""
+        world = self.world
+        share = group.tensor_split(world.size)[world.rank]
+        self.scheduler.step_update(self.step)
+        micro_batches = (self._augmented(crops, *parts) for parts in
+                         self.train_split.batches(share, self.micro, with_index=True))
+        sums = accumulate_gradients(self.train_step, micro_batches, len(group), self.scaler,
+                                    self.dtype, bar, world.size)
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.objective.after_optimizer_step(self.step,
+                                            self.config.epochs * self.steps_per_epoch)
+        return sums
+
+    def refresh(self, epoch: int) -> float:
+        """The objective's per-epoch work under the run's autocast; its seconds (0 when it
+        had none)."""
+        synchronize(self.device)
+        started = time.perf_counter()
+        with autocast(self.device, self.dtype):
+            worked = self.objective.before_epoch(epoch, self.train_split, self.augment)
+        synchronize(self.device)
+        return time.perf_counter() - started if worked else 0.0
+
     def _epoch(self, epoch: int, describe: str) -> EpochRecord:
         config, device, world = self.config, self.device, self.world
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
-        self.objective.before_epoch(epoch, self.train_split, self.augment)  # timed too
+        refresh_time = world.reduce(self.refresh(epoch), "max")
         self.model.train()
-        loss_sum = torch.zeros((), device=device)
+        term_sums = torch.zeros(2, device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         first_bad_step = torch.full((), _NO_BAD_STEP, device=device, dtype=torch.long)
-        order = torch.randperm(len(self.train_split), generator=self.shuffle)
-        crops = self.augment.crop_params(len(self.train_split), self.crops, device)
+        order, crops = self.epoch_inputs()
         seen = 0
         bar = stage.progress(total=len(order), unit="img", leave=False, enabled=world.is_main,
                              desc=f"{describe} epoch {epoch}/{config.epochs}")
-        for group in effective_batches(order, config.batch_size, world.size):
-            share = group.tensor_split(world.size)[world.rank]
-            self.scheduler.step_update(self.step)
-            micro_batches = (self._augmented(crops, *parts) for parts in
-                             self.train_split.batches(share, self.micro, with_index=True))
-            group_loss, group_correct, finite = accumulate_gradients(
-                self.train_step, micro_batches, len(group), self.scaler, self.dtype, bar,
-                world.size)
-            loss_sum += group_loss
+        for group in effective_batches(order, config.batch_size, world.size, self.drop_last):
+            group_terms, group_correct, finite = self.train_step_on(group, crops, bar)
+            term_sums += group_terms
             correct += group_correct
             first_bad_step = torch.where(finite, first_bad_step,
-                                         first_bad_step.clamp(max=self.step))
-            if config.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
+                                         first_bad_step.clamp(max=self.step - 1))
             seen += len(group)
-            self.objective.after_optimizer_step(self.step,
-                                                config.epochs * self.steps_per_epoch)
             if self.step % config.log_every == 0:
                 self._check_finite(first_bad_step, epoch)
                 local_seen = seen // world.size
-                bar.set_postfix(loss=f"{loss_sum.item() / local_seen:.3f}",
+                bar.set_postfix(loss=f"{term_sums[0].item() / local_seen:.3f}",
                                 acc=f"{correct.item() / local_seen:.3f}")
         bar.close()
         self._check_finite(first_bad_step, epoch)
-        sums = world.reduce_(torch.stack([loss_sum.double(), correct.double()]))
-        train_loss, train_acc = (sums / seen).tolist()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sums = world.reduce_(torch.cat([term_sums.double(), correct.double().view(1)]))
+        train_loss, image_text_loss, train_acc = (sums / seen).tolist()
+        synchronize(device)
         epoch_time = world.reduce(time.perf_counter() - started, "max")
+        peak = world.reduce(peak_memory_mb(device) - self.cache_bytes / 2**20, "max")
         val_loss, val_acc = evaluate(self.model, self.val_split, self.augment, self.micro * 2,
                                      self.dtype, world)
-        return EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, epoch_time,
-                           seen / epoch_time, world.reduce(peak_memory_mb(device), "max"),
+        return EpochRecord(epoch, train_loss, image_text_loss, train_acc, val_loss, val_acc,
+                           epoch_time, refresh_time, seen / epoch_time, peak,
                            self.optimizer.param_groups[0]["lr"])
 
     def _augmented(self, crops: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
                    index: torch.Tensor) -> Batch:
         crop = crops[index]
-        return Batch(self.augment.warp(images, crop), labels, index, crop)
+        whole = self.augment.eval(images) if self.objective.wants_whole_view else None
+        return Batch(self.augment.warp(images, crop), labels, index, crop, whole)
 
     def _check_finite(self, first_bad_step: torch.Tensor, epoch: int) -> None:
         bad = int(self.world.reduce_(first_bad_step.clone(), "min").item())

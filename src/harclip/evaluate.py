@@ -1,11 +1,17 @@
-"""evaluate stage: score one model's best checkpoint on the validation split.
+"""evaluate stage: score one model's chosen checkpoint on the validation and test splits.
 
     python -m harclip.evaluate clip
 
-Uses all tokens and the deterministic view. Writes metrics/<name>/eval.json (accuracy,
-macro-F1, top-5 accuracy, per-class accuracy and, for a pretrained backbone, the zero-shot
-accuracy of the untouched model: the epoch-0 baseline) and metrics/<name>/predictions.csv
-(actual and predicted class per image: DVC's confusion plots read it).
+Training picked the checkpoint's epoch on val, as the original study did, so the val figure
+compares with the study's table; the test split, which no training step and no model selection
+ever read, gives the honest figure. Uses all tokens, the deterministic view and the
+checkpoint's own preprocessing (input size, mean, std).
+
+Writes metrics/<name>/eval.json (only numbers, what `dvc metrics diff` compares: accuracy,
+macro-F1 and top-5 accuracy per split, and the untouched pretrained backbone's zero-shot
+accuracy, the epoch-0 baseline), metrics/<name>/report.json (class names, per-class accuracy,
+image counts) and metrics/<name>/predictions.csv (actual and predicted class per test image, or
+per val image without a test split: DVC's confusion plots read it).
 """
 
 from __future__ import annotations
@@ -23,87 +29,110 @@ from harclip.augment import DeviceAugment
 from harclip.config import EvaluateConfig, TrainConfig, load_params
 from harclip.engine import CachedSplit, autocast_dtype, predict
 from harclip.hardware import resolve_device
-from harclip.models import (
-    HarClassifier,
-    image_normalisation,
-    load_checkpoint,
-    model_image_size,
-)
+from harclip.models import HarClassifier, load_checkpoint, preprocessing_of
 from harclip.preprocess import CACHE_DIR, load_split
 from harclip.train import METHODS, build_model
 
+TOP_K = 5
 
-def predict_logits(model: HarClassifier, split: CachedSplit, batch_size: int) -> np.ndarray:
-    """Class logits for every image of a split, on the model's own deterministic view."""
-    augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip))
+
+def predict_logits(model: HarClassifier, split: CachedSplit, batch_size: int,
+                   view: dict) -> np.ndarray:
+    """Class logits for every image of a split on the deterministic view that `view`
+    (input size, mean, std: a checkpoint's own, or a pretrained tag's) describes."""
     dtype = autocast_dtype("auto", split.device)
-    return predict(model, split, augment, batch_size, dtype).cpu().numpy()
+    return predict(model, split, DeviceAugment.for_eval(view), batch_size,
+                   dtype).cpu().numpy()
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray,
-                           class_names: list[str]) -> dict:
-    """scikit-learn's accuracy, macro-F1, top-5 accuracy and per-class accuracy (recall)."""
+                           class_names: list[str]) -> tuple[dict, dict]:
+    """scikit-learn's accuracy, macro-F1 and top-5 accuracy (with more than 5 classes), and
+    apart from them the per-class accuracy (recall)."""
     predicted = logits.argmax(axis=1)
     every_class = list(range(len(class_names)))
     per_class = recall_score(labels, predicted, labels=every_class, average=None,
                              zero_division=0)
-    return {
+    metrics = {
         "accuracy": float(accuracy_score(labels, predicted)),
         "macro_f1": float(f1_score(labels, predicted, labels=every_class, average="macro",
                                    zero_division=0)),
-        "top5_accuracy": float(top_k_accuracy_score(labels, logits, k=5, labels=every_class)),
-        "per_class_accuracy": dict(zip(class_names, map(float, per_class), strict=True)),
     }
+    if len(class_names) > TOP_K:
+        metrics["top5_accuracy"] = float(top_k_accuracy_score(labels, logits, k=TOP_K,
+                                                              labels=every_class))
+    return metrics, dict(zip(class_names, map(float, per_class), strict=True))
 
 
-def zero_shot_accuracy(config: TrainConfig, split: CachedSplit, batch_size: int) -> float:
-    """Accuracy of the untouched pretrained backbone with the class-prompt head: the model
-    training starts from, built the way training builds it."""
-    model, _ = build_model(replace(config, head_init="text"))
-    logits = predict_logits(model.to(split.device), split, batch_size)
-    labels = split.labels.cpu().numpy()
-    return float(accuracy_score(labels, logits.argmax(axis=1)))
+def zero_shot_accuracy(config: TrainConfig, class_names: list[str],
+                       splits: dict[str, CachedSplit], batch_size: int) -> dict[str, float]:
+    """Accuracy per split of the untouched pretrained backbone with the class-prompt head: the
+    model training starts from, built the way training builds it, on its tag's own view."""
+    device = next(iter(splits.values())).device
+    model, _ = build_model(replace(config, head_init="text"), class_names)
+    model.to(device)
+    view = preprocessing_of(model.clip)
+    return {name: float(accuracy_score(split.labels.cpu().numpy(),
+                                       predict_logits(model, split, batch_size, view)
+                                       .argmax(axis=1)))
+            for name, split in splits.items()}
 
 
 def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
              models_dir: Path = Path("models"), metrics_dir: Path = Path("metrics")) -> dict:
-    """Evaluate models/<name>.pt; write eval.json and predictions.csv; return the metrics."""
+    """Evaluate models/<name>.pt on val and test; write eval.json, report.json and
+    predictions.csv; return the metrics."""
     checkpoint = models_dir / f"{name}.pt"
     if not checkpoint.is_file():
         raise stage.StageError(f"{checkpoint}: checkpoint not found; the train_{name} stage "
                                f"makes it (`dvc repro train_{name}`)")
     model, meta = load_checkpoint(checkpoint)
     device = resolve_device(config.device)
-    images, labels = load_split(cache_dir, "val")
-    split = CachedSplit(images, labels, device)
-    logits = predict_logits(model.to(device), split, config.batch_size)
+    model.to(device)
     class_names = meta["class_names"]
-    metrics = classification_metrics(labels, logits, class_names)
+    splits = {split: CachedSplit(*load_split(cache_dir, split), device)
+              for split in ("val", "test")}
+    splits = {split: data for split, data in splits.items() if len(data)}
+    metrics, report = {}, {"model": meta["model"], "checkpoint_epoch": meta["epoch"],
+                           "classes": class_names, "images": {}, "per_class_accuracy": {}}
+    for split, data in splits.items():
+        labels = data.labels.cpu().numpy()
+        if labels.max(initial=0) >= len(class_names):
+            raise stage.StageError(f"{cache_dir}: labels up to {labels.max()} but {checkpoint} "
+                                   f"knows {len(class_names)} classes; retrain on this cache")
+        logits = predict_logits(model, data, config.batch_size, meta)
+        metrics[split], report["per_class_accuracy"][split] = \
+            classification_metrics(labels, logits, class_names)
+        report["images"][split] = len(labels)
+        shown = (split, labels, logits.argmax(axis=1))  # the last: test when there is one
     train_config = TrainConfig(**{key: value for key, value in meta["params"].items()
                                   if key in TrainConfig.__dataclass_fields__})
-    metrics["zero_shot_accuracy"] = (
-        zero_shot_accuracy(train_config, split, config.batch_size)
-        if config.zero_shot and train_config.pretrained else None)
-    metrics.update(val_images=len(labels), checkpoint_epoch=meta["epoch"],
-                   model=meta["model"], pretrained=train_config.pretrained)
+    report["pretrained"] = train_config.pretrained
+    if config.zero_shot and train_config.pretrained:
+        metrics["zero_shot_accuracy"] = zero_shot_accuracy(train_config, class_names, splits,
+                                                           config.batch_size)
     out = metrics_dir / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps({**report, "predictions_split": shown[0]},
+                                                indent=2) + "\n")
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("actual", "predicted"))
         writer.writerows((class_names[a], class_names[p])
-                         for a, p in zip(labels, logits.argmax(axis=1), strict=True))
-    stage.log.info("evaluate %s: accuracy %.3f, macro-F1 %.3f, top-5 %.3f%s", name,
-                   metrics["accuracy"], metrics["macro_f1"], metrics["top5_accuracy"],
-                   "" if metrics["zero_shot_accuracy"] is None else
-                   f", zero-shot {metrics['zero_shot_accuracy']:.3f}")
+                         for a, p in zip(shown[1], shown[2], strict=True))
+    for split, scores in metrics.items():
+        if split in splits:
+            stage.log.info("evaluate %s on %s: accuracy %.3f, macro-F1 %.3f%s", name, split,
+                           scores["accuracy"], scores["macro_f1"],
+                           f", top-5 {scores['top5_accuracy']:.3f}"
+                           if "top5_accuracy" in scores else "")
     return metrics
 
 
 def main() -> None:
-    cli = stage.parser("Evaluate models/<method>.pt on the validation split; write "
-                       "metrics/<method>/eval.json and predictions.csv.")
+    cli = stage.parser("Evaluate models/<method>.pt on the val and test splits; write "
+                       "metrics/<method>/eval.json, report.json and predictions.csv.")
     cli.add_argument("method", choices=METHODS, help="which model to evaluate")
     cli.add_argument("--cache", type=Path, default=CACHE_DIR, help="input (%(default)s)")
     args = cli.parse_args()

@@ -1,10 +1,20 @@
-"""What HAR is: its 15 actions and the Kaggle on-disk layout every source is written in."""
+"""The on-disk layout every source is written in (Kaggle's HAR layout), and HAR's 15 actions,
+the default class list.
+
+data/raw holds `Training_set.csv` (`filename,label`, and optionally `split` where a dataset
+ships its own train/val/test split), the images under `train/`, and `classes.json`: the class
+names in their order, as the source gave them.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from harclip.stage import StageError
 
 # The Hugging Face ClassLabel order (ids 0..14) of Bingsu/Human_Action_Recognition.
 CLASS_NAMES: tuple[str, ...] = (
@@ -27,39 +37,84 @@ CLASS_NAMES: tuple[str, ...] = (
 
 LABELS_CSV = "Training_set.csv"
 IMAGE_DIR = "train"
+CLASSES_JSON = "classes.json"
 CSV_COLUMNS = ("filename", "label")
+SPLIT_COLUMN = "split"
 
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One row of Training_set.csv: an image path relative to `train/` and its label text."""
+    """One row of Training_set.csv: an image path relative to `train/`, its label text and,
+    where the CSV has a `split` column, the split the dataset assigns it ("" otherwise)."""
 
     line: int
     filename: str
     label: str
+    split: str = ""
 
 
-def write_labels_csv(path: Path, rows: list[tuple[str, str]]) -> None:
-    """Write `filename,label` rows the way Kaggle's Training_set.csv has them."""
+def write_labels_csv(path: Path, rows: Iterable[tuple[str, ...]],
+                     with_split: bool = False) -> None:
+    """Write `filename,label[,split]` rows the way Kaggle's Training_set.csv has them."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(CSV_COLUMNS + ((SPLIT_COLUMN,) if with_split else ()))
         writer.writerows(rows)
 
 
 def read_labels_csv(path: Path) -> list[LabelRow]:
-    """Read Training_set.csv; a missing file or wrong header is an error naming the file."""
+    """Read Training_set.csv: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"),
+    header names in any case, an optional `split` column. Errors name the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: labels file not found; expected a Kaggle-layout "
                                 f"folder with {LABELS_CSV} and {IMAGE_DIR}/")
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header[:2]) != CSV_COLUMNS:
-            raise ValueError(f"{path}: expected the header 'filename,label', got {header!r}")
-        return [
-            LabelRow(line=number, filename=row[0].strip(),
-                     label=row[1].strip() if len(row) > 1 else "")
-            for number, row in enumerate(reader, start=2)
-            if any(cell.strip() for cell in row)
-        ]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise StageError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8 "
+                         f"(in Excel: CSV UTF-8)") from err
+    reader = csv.reader(text.splitlines())
+    header = [cell.strip().lower() for cell in next(reader, [])]
+    if not set(CSV_COLUMNS) <= set(header):
+        raise StageError(f"{path}: expected a header with 'filename' and 'label' columns "
+                         f"(and optionally 'split'), got {','.join(header)!r}")
+    where = {name: header.index(name) for name in (*CSV_COLUMNS, SPLIT_COLUMN)
+             if name in header}
+
+    def cell(row: list[str], name: str) -> str:
+        index = where.get(name)
+        return row[index].strip() if index is not None and index < len(row) else ""
+
+    return [LabelRow(line=number, filename=cell(row, "filename"), label=cell(row, "label"),
+                     split=cell(row, SPLIT_COLUMN).lower())
+            for number, row in enumerate(reader, start=2) if any(c.strip() for c in row)]
+
+
+def natural_class_order(labels: Iterable[str]) -> list[str]:
+    """Class names found in data, in the order a dataset without its own list gets: HAR's
+    order for HAR's 15 actions, else sorted."""
+    found = set(labels)
+    return list(CLASS_NAMES) if found == set(CLASS_NAMES) else sorted(found)
+
+
+def write_classes(raw_dir: Path, classes: list[str]) -> None:
+    (raw_dir / CLASSES_JSON).write_text(json.dumps(classes, indent=2) + "\n")
+
+
+def read_classes(raw_dir: Path, rows: list[LabelRow]) -> list[str]:
+    """The class list of a raw folder (a label outside it is reported as unknown): the
+    `classes.json` download wrote, else the CSV's labels in their natural order."""
+    path = raw_dir / CLASSES_JSON
+    if not path.is_file():
+        return natural_class_order(row.label for row in rows if row.label)
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StageError(f"{path}: not a JSON list of class names ({err}); rerun the "
+                         f"download stage") from err
+    if not isinstance(classes, list) or not classes or \
+            not all(isinstance(name, str) and name for name in classes) or \
+            len(set(classes)) != len(classes):
+        raise StageError(f"{path}: expected a JSON list of distinct class names; rerun the "
+                         f"download stage")
+    return classes

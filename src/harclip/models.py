@@ -8,7 +8,7 @@ ViT) and `harclip-tiny-siglip` (a timm ViT tower with attention pooling, like Si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import open_clip
@@ -40,9 +40,10 @@ def harclip_vit_tiny_patch8_64_siglip(pretrained: bool = False, **kwargs) -> Vis
     return VisionTransformer(**{**architecture, **kwargs})
 
 
-def class_prompt_name(label: str) -> str:
-    """How a HAR label reads inside a prompt: `listening_to_music` → `listening to music`."""
-    return label.replace("_", " ")
+def class_prompt_name(label: str, phrases: Mapping[str, str] | None = None) -> str:
+    """How a class reads inside a prompt: its phrase if one is given, else the label with
+    underscores as spaces (`listening_to_music` → `listening to music`)."""
+    return (phrases or {}).get(label, label.replace("_", " "))
 
 
 def is_siglip(clip: nn.Module) -> bool:
@@ -50,10 +51,26 @@ def is_siglip(clip: nn.Module) -> bool:
     return getattr(clip, "logit_bias", None) is not None
 
 
-def create_backbone(name: str, pretrained: str | None,
-                    image_size: int | None = None) -> nn.Module:
+def tag_normalisation(name: str) -> dict:
+    """The mean and std every pretrained tag of `name` shares (open_clip records them per
+    tag), or {} when the tags disagree or there are none: open_clip gives a local weights
+    file its default (OpenAI's) normalisation, which is wrong for SigLIP's weights."""
+    default = open_clip.transform.PreprocessCfg()
+    found = {(tuple(cfg.get("mean", default.mean)), tuple(cfg.get("std", default.std)))
+             for cfg in (open_clip.get_pretrained_cfg(name, tag)
+                         for tag in open_clip.list_pretrained_tags_by_model(name))}
+    if len(found) != 1:
+        return {}
+    (mean, std), = found
+    return {"mean": mean, "std": std}
+
+
+def create_backbone(name: str, pretrained: str | None, image_size: int | None = None,
+                    normalisation: dict | None = None) -> nn.Module:
     """An open_clip model by name; `pretrained` is a tag (e.g. `openai`), a local file, or None.
 
+    A tag brings its own mean and std; a local file takes the ones its architecture's tags
+    share; `normalisation` ({"mean", "std"}) overrides both (a saved checkpoint's).
     Failing to fetch a tag's weights (no network) is an error that says how to go on offline.
     """
     if name not in open_clip.list_models():
@@ -67,9 +84,12 @@ def create_backbone(name: str, pretrained: str | None,
         if pretrained not in tags:
             raise StageError(f"{name}: unknown pretrained tag {pretrained!r} (known: "
                              f"{', '.join(tags) or 'none'}; or give a local checkpoint file)")
+    if normalisation is None and pretrained and Path(pretrained).is_file():
+        normalisation = tag_normalisation(name)
     try:
         return open_clip.create_model(name, pretrained=pretrained or None,
-                                      force_image_size=image_size)
+                                      force_image_size=image_size,
+                                      force_preprocess_cfg=normalisation or None)
     except Exception as err:  # the hub client raises many network error types
         if not pretrained or Path(pretrained).is_file():
             raise
@@ -99,11 +119,16 @@ def create_tokenizer(name: str):
 
 
 class PromptEncoder(nn.Module):
-    """Class-prompt text embeddings (templates averaged, normalised) from the live text tower."""
+    """Class-prompt text embeddings (templates averaged, normalised) from the live text tower.
 
-    def __init__(self, tokenizer, class_names: Sequence[str], templates: Sequence[str]):
+    Each template's `{}` takes the class's phrase (`phrases`, e.g. {"using_laptop": "using a
+    laptop"}) or its name with underscores as spaces.
+    """
+
+    def __init__(self, tokenizer, class_names: Sequence[str], templates: Sequence[str],
+                 phrases: Mapping[str, str] | None = None):
         super().__init__()
-        texts = [template.format(class_prompt_name(name))
+        texts = [template.format(class_prompt_name(name, phrases))
                  for name in class_names for template in templates]
         self.register_buffer("tokens", tokenizer(texts), persistent=False)
         self.num_classes, self.num_templates = len(class_names), len(templates)
@@ -114,13 +139,22 @@ class PromptEncoder(nn.Module):
         return F.normalize(embeddings, dim=-1)
 
 
+class ClassHead(nn.Linear):
+    """The linear class head, computed in fp32 even under autocast: at a logit scale near 100,
+    bf16's spacing (0.125 between 16 and 32) would turn near-ties into coin flips."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(features.device.type, enabled=False):
+            return super().forward(features.float())
+
+
 class HarClassifier(nn.Module):
     """An open_clip model whose normalised image embedding feeds a linear class head."""
 
     def __init__(self, clip: nn.Module, num_classes: int, embed_dim: int):
         super().__init__()
         self.clip = clip
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.head = ClassHead(embed_dim, num_classes)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_image(images, normalize=True)
@@ -129,20 +163,40 @@ class HarClassifier(nn.Module):
         return self.head(self.image_features(images))
 
 
-def init_head(model: HarClassifier, text_features: torch.Tensor, how: str) -> None:
+def class_text_loss(features: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor,
+                    clip: nn.Module) -> torch.Tensor:
+    """The image–text term at class level: each image against the C class-prompt embeddings,
+    its own class the only positive, in fp32 at the model's own logit scale (and bias).
+
+    CLIP's family: softmax cross-entropy over the classes. SigLIP's: a sigmoid per
+    (image, class) pair with one-hot targets, summed over classes and averaged over images,
+    as open_clip's SigLipLoss normalises. Per-image texts would repeat each class prompt many
+    times in a batch and make an image's own class a negative of itself.
+    """
+    with torch.autocast(features.device.type, enabled=False):
+        logits = clip.logit_scale.exp().float() * features.float() @ class_text.float().T
+        if not is_siglip(clip):
+            return F.cross_entropy(logits, labels)
+        logits = logits + clip.logit_bias.float()
+        signs = 2 * F.one_hot(labels, logits.shape[1]).float() - 1
+        return -F.logsigmoid(signs * logits).sum() / len(labels)
+
+
+def init_head(model: HarClassifier, how: str,
+              text_features: torch.Tensor | None = None) -> None:
     """Set the head so logits are the model's own image–text logits.
 
-    `text`: rows are the normalised class-prompt embeddings times the logit scale (plus
-    SigLIP's logit bias), so a pretrained model starts at its zero-shot accuracy. `random`:
-    random unit rows at the same scale (image features are unit-norm, so a head of
+    `text`: rows are the normalised class-prompt embeddings (`text_features`) times the logit
+    scale (plus SigLIP's logit bias), so a pretrained model starts at its zero-shot accuracy.
+    `random`: random unit rows at the same scale (image features are unit-norm, so a head of
     nn.Linear's default norm would give near-uniform logits).
     """
-    clip = model.clip
+    clip, head = model.clip, model.head
     rows = text_features if how == "text" else \
-        F.normalize(torch.randn_like(text_features), dim=-1)
+        F.normalize(torch.randn(head.out_features, head.in_features), dim=-1)
     with torch.no_grad():
-        model.head.weight.copy_(rows * clip.logit_scale.exp())
-        model.head.bias.fill_(float(clip.logit_bias) if is_siglip(clip) else 0.0)
+        head.weight.copy_(rows * clip.logit_scale.exp())
+        head.bias.fill_(float(clip.logit_bias) if is_siglip(clip) else 0.0)
 
 
 def image_normalisation(clip: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -156,32 +210,50 @@ def model_image_size(clip: nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def preprocessing_of(clip: nn.Module) -> dict:
+    """The input size, mean and std a backbone's images need, as a checkpoint records them."""
+    mean, std = image_normalisation(clip)
+    return {"image_size": model_image_size(clip), "mean": list(mean), "std": list(std)}
+
+
 CHECKPOINT_FORMAT = "harclip-classifier"
 CHECKPOINT_VERSION = 1
+CHECKPOINT_KEYS = frozenset({"model", "model_config", "image_size", "mean", "std",
+                             "class_names", "state_dict"})
 
 
 def build_classifier(name: str, pretrained: str | None, num_classes: int,
-                     image_size: int | None = None) -> HarClassifier:
+                     image_size: int | None = None,
+                     normalisation: dict | None = None) -> HarClassifier:
     """A backbone by name with an (uninitialised) class head of the right width."""
-    clip = create_backbone(name, pretrained, image_size)
+    clip = create_backbone(name, pretrained, image_size, normalisation)
     return HarClassifier(clip, num_classes, open_clip.get_model_config(name)["embed_dim"])
 
 
 def save_checkpoint(path: Path, model: HarClassifier, name: str, class_names: Sequence[str],
                     extra: dict) -> None:
     """Everything needed to use the weights later, written atomically."""
-    mean, std = image_normalisation(model.clip)
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": name,
-        "model_config": open_clip.get_model_config(name),
-        "image_size": model_image_size(model.clip), "mean": list(mean), "std": list(std),
+        "model_config": open_clip.get_model_config(name), **preprocessing_of(model.clip),
         "class_names": list(class_names), **extra,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    save_atomically(payload, path)
+
+
+def save_atomically(payload: dict, path: Path) -> None:
+    """torch.save into a partial file renamed over `path`: a stop or a full disk leaves the
+    earlier file, never a truncated one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".partial")
-    torch.save(payload, partial)
-    partial.replace(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        torch.save(payload, partial)
+        partial.replace(path)
+    except (OSError, RuntimeError) as err:  # torch reports failed writes as RuntimeError
+        partial.unlink(missing_ok=True)
+        raise StageError(f"{path}: could not be written ({err}); check the free space and "
+                         f"rerun") from err
 
 
 def load_checkpoint(path: Path | str) -> tuple[HarClassifier, dict]:
@@ -200,12 +272,19 @@ def load_checkpoint(path: Path | str) -> tuple[HarClassifier, dict]:
     if payload.get("version") != CHECKPOINT_VERSION:
         raise StageError(f"{path}: checkpoint format version {payload.get('version')} is not "
                          f"the supported version {CHECKPOINT_VERSION}; retrain it")
+    missing = sorted(CHECKPOINT_KEYS - payload.keys())
+    if missing:
+        raise StageError(f"{path}: incomplete harclip checkpoint, no {', '.join(missing)}; "
+                         f"retrain it with `dvc repro`")
     name = payload["model"]
     if name not in open_clip.list_models() or \
             open_clip.get_model_config(name) != payload["model_config"]:
         raise StageError(f"{path}: saved for a {name} whose architecture differs from the "
                          f"{name} known here; retrain it or use the code it was saved with")
-    model = build_classifier(name, None, len(payload["class_names"]), payload["image_size"])
+    # The saved normalisation is the one the weights were trained with: rebuild with it, so
+    # the model's own preprocess_cfg agrees with the checkpoint.
+    model = build_classifier(name, None, len(payload["class_names"]), payload["image_size"],
+                             {"mean": payload["mean"], "std": payload["std"]})
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:

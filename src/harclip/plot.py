@@ -2,9 +2,11 @@
 
     python -m harclip.plot
 
-Per model: accuracy and loss against epoch, a normalised confusion matrix and the study's
-per-epoch table. Across models: validation accuracy against epoch on one figure, time per
-epoch and peak memory side by side, and the study's summary table (plots/summary.md).
+Per model: accuracy and loss (cross-entropy, train and val) against epoch, a normalised
+confusion matrix on the test split with its most frequent confusions listed beside it, and the
+study's per-epoch table. Across models: validation accuracy against epoch on one figure, time
+per epoch and peak memory side by side, and the study's summary table with val and test
+accuracy (plots/summary.md).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no display b
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
 from harclip import stage
-from harclip.config import PlotConfig, load_params
-from harclip.har import CLASS_NAMES
-from harclip.train import METHODS
+from harclip.config import METHODS, PlotConfig, load_params
 
 LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
 COLOURS = {"clip": "#1f77b4", "sglip": "#d62728", "aclip": "#2ca02c"}
+CELL_VALUES_UP_TO = 25
+"""Classes up to which confusion-matrix cells carry their value; beyond, colour only."""
+TOP_CONFUSIONS = 10
 
 
 def _read(path: Path, stage_name: str) -> str:
@@ -52,6 +55,9 @@ def plot_curves(name: str, epochs: list[dict], path: Path, dpi: int) -> None:
                  color=COLOURS[name])
         loss.plot(x, [row[f"{split}_loss"] for row in epochs], style, marker="o", label=split,
                   color=COLOURS[name])
+    if any(row["train_image_text_loss"] for row in epochs):
+        loss.plot(x, [row["train_image_text_loss"] for row in epochs], ":", marker=".",
+                  color="grey", label="train image–text term")
     acc.set(title=f"{LABELS[name]}: accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
     loss.set(title=f"{LABELS[name]}: loss", xlabel="epoch", ylabel="cross-entropy")
     for axis in (acc, loss):
@@ -60,80 +66,122 @@ def plot_curves(name: str, epochs: list[dict], path: Path, dpi: int) -> None:
     fig.savefig(path, dpi=dpi)
 
 
-def plot_confusion(name: str, predictions: list[dict], path: Path, dpi: int) -> None:
-    names = list(CLASS_NAMES)
-    matrix = confusion_matrix([r["actual"] for r in predictions],
-                              [r["predicted"] for r in predictions], labels=names,
-                              normalize="true")
-    fig = Figure(figsize=(9, 8), layout="constrained")
+def plot_confusion(name: str, predictions: list[dict], class_names: list[str], split: str,
+                   path: Path, dpi: int) -> np.ndarray:
+    """The row-normalised confusion matrix, sized for the number of classes; returns the
+    matrix of counts."""
+    counts = confusion_matrix([r["actual"] for r in predictions],
+                              [r["predicted"] for r in predictions], labels=class_names)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    classes = len(class_names)
+    side = max(6.0, 0.45 * classes + 3)
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
     axis = fig.subplots()
-    display = ConfusionMatrixDisplay(matrix, display_labels=[n.replace("_", " ") for n in names])
-    display.plot(ax=axis, cmap="Blues", values_format=".2f", colorbar=True,
-                 xticks_rotation=45, text_kw={"fontsize": 7})
+    display = ConfusionMatrixDisplay(normalised,
+                                     display_labels=[n.replace("_", " ") for n in class_names])
+    display.plot(ax=axis, cmap="Blues", colorbar=True, xticks_rotation=45,
+                 include_values=classes <= CELL_VALUES_UP_TO, values_format=".2f",
+                 text_kw={"fontsize": 7 if classes <= 15 else 5})
+    tick_size = 10 if classes <= 15 else max(5, 10 - classes // 10)
     for label in axis.get_xticklabels():
-        label.set(horizontalalignment="right", rotation_mode="anchor")
+        label.set(horizontalalignment="right", rotation_mode="anchor", fontsize=tick_size)
+    for label in axis.get_yticklabels():
+        label.set(fontsize=tick_size)
     accuracy = np.mean([r["actual"] == r["predicted"] for r in predictions])
     axis.set_title(f"{LABELS[name]}: confusion matrix, rows normalised "
-                   f"(accuracy {accuracy:.1%}, {len(predictions)} val images)")
+                   f"(accuracy {accuracy:.1%}, {len(predictions)} {split} images)")
     fig.savefig(path, dpi=dpi)
+    return counts
 
 
-def plot_val_accuracy(epochs: dict[str, list[dict]], path: Path, dpi: int) -> None:
+def confusions_table(name: str, counts: np.ndarray, class_names: list[str], split: str) -> str:
+    """The most frequent confusions as text: at 40 classes the figure's cells are too small to
+    read, a list is not."""
+    rows = counts.sum(axis=1)
+    pairs = sorted(((counts[a, p], a, p) for a in range(len(class_names))
+                    for p in range(len(class_names)) if a != p and counts[a, p]), reverse=True)
+    lines = [f"### {LABELS[name]}: most frequent confusions ({split} split)", "",
+             "| Actual | Predicted as | Images | Share of the class |",
+             "| :-- | :-- | --: | --: |"]
+    lines += [f"| {class_names[a]} | {class_names[p]} | {n} | {n / rows[a]:.1%} |"
+              for n, a, p in pairs[:TOP_CONFUSIONS]]
+    if not pairs:
+        lines.append("| — | — | 0 | — |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_val_accuracy(epochs: dict[str, list[dict]], classes: int, path: Path,
+                      dpi: int) -> None:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     axis = fig.subplots()
     for name, rows in epochs.items():
         axis.plot([r["epoch"] for r in rows], [r["val_acc"] for r in rows], marker="o",
                   label=LABELS[name], color=COLOURS[name])
-    axis.axhline(1 / len(CLASS_NAMES), color="grey", linestyle=":", label="chance")
+    axis.axhline(1 / classes, color="grey", linestyle=":", label="chance")
     axis.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
     axis.grid(alpha=0.3)
     axis.legend()
     fig.savefig(path, dpi=dpi)
 
 
-def plot_speed_memory(train: dict[str, dict], path: Path, dpi: int) -> None:
+def plot_speed_memory(train: dict[str, dict], hardware: str, path: Path, dpi: int) -> None:
     names = list(train)
     fig = Figure(figsize=(10, 4), layout="constrained")
     speed, memory = fig.subplots(1, 2)
     colours = [COLOURS[n] for n in names]
     labels = [LABELS[n] for n in names]
     for axis, key, title, unit in (
-            (speed, "mean_epoch_time_s", "Time per epoch", "seconds"),
-            (memory, "peak_memory_mb", "Peak memory", "MB")):
+            (speed, "mean_epoch_time_s", "Time per epoch (steady state)", "seconds"),
+            (memory, "peak_memory_mb", "Peak memory above the image cache", "MB")):
         values = [train[n][key] for n in names]
         bars = axis.bar(labels, values, color=colours)
         axis.bar_label(bars, fmt="%.1f" if key.endswith("_s") else "%.0f")
         axis.set(title=title, ylabel=unit)
         axis.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"on {train[names[0]].get('hardware', 'unknown hardware')}", fontsize=8)
+    fig.suptitle(f"on {hardware}", fontsize=8)
     fig.savefig(path, dpi=dpi)
 
 
 def epochs_table(name: str, epochs: list[dict]) -> str:
-    """The study's per-epoch table."""
+    """The study's per-epoch table, plus the saliency refresh where there is one."""
+    refresh = any(r["refresh_time_s"] for r in epochs)
     lines = [f"### {LABELS[name]}", "",
-             "| Epoch | Train Acc | Val Acc | Time (s) | Peak Mem (MB) |",
-             "|:------|:----------|:--------|:---------|:--------------|"]
+             "| Epoch | Train Acc | Val Acc | Time (s) |" + (" of which refresh (s) |" if refresh
+                                                           else "") + " Peak Mem (MB) |",
+             "|:------|:----------|:--------|:---------|" + (":--|" if refresh else "")
+             + ":--------------|"]
     lines += [f"| {int(r['epoch'])} | {r['train_acc']:.3f} | {r['val_acc']:.3f} | "
-              f"{r['epoch_time_s']:.1f} | {r['peak_memory_mb']:.0f} |" for r in epochs]
+              f"{r['epoch_time_s']:.1f} |" + (f" {r['refresh_time_s']:.1f} |" if refresh else "")
+              + f" {r['peak_memory_mb']:.0f} |" for r in epochs]
     return "\n".join(lines) + "\n"
 
 
+def _percent(scores: dict, split: str, key: str = "accuracy") -> str:
+    value = scores.get(split, {}).get(key)
+    return "—" if value is None else f"{value:.1%}"
+
+
 def summary_table(train: dict[str, dict], evaluation: dict[str, dict]) -> str:
-    """The study's summary columns, plus throughput, macro-F1 and the hardware."""
-    lines = ["| Model | Validation Accuracy | Best Epoch | Time per Epoch | Peak Memory | "
-             "Throughput | Macro-F1 | Top-5 | Zero-shot | Hardware |",
-             "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-- |"]
+    """The study's summary columns (validation accuracy, as it reported), the held-out test
+    accuracy, and steady-state speed and memory."""
+    lines = ["| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | "
+             "Peak Memory | Throughput | Test Macro-F1 | Test Top-5 | Zero-shot (test) |",
+             "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: |"]
     for name, metrics in train.items():
         scores = evaluation[name]
-        zero_shot = scores["zero_shot_accuracy"]
+        held_out = "test" if "test" in scores else "val"
+        zero_shot = scores.get("zero_shot_accuracy", {})
+        refresh = metrics.get("mean_refresh_time_s", 0.0)
         lines.append(
-            f"| **{LABELS[name]}** | {scores['accuracy']:.1%} | {metrics['best_epoch']} | "
-            f"{metrics['mean_epoch_time_s']:.1f} s | {metrics['peak_memory_mb'] / 1024:.2f} GB"
-            f" | {metrics['mean_images_per_s']:.0f} img/s | {scores['macro_f1']:.3f} | "
-            f"{scores['top5_accuracy']:.1%} | "
-            f"{'—' if zero_shot is None else f'{zero_shot:.1%}'} | "
-            f"{metrics.get('hardware', metrics['device'])} |")
+            f"| **{LABELS[name]}** | {_percent(scores, 'val')} | {_percent(scores, 'test')} | "
+            f"{metrics['best_epoch']} | {metrics['mean_epoch_time_s']:.1f} s"
+            + (f" (refresh {refresh:.1f} s)" if refresh else "")
+            + f" | {metrics['first_epoch_time_s']:.1f} s | "
+            f"{metrics['peak_memory_mb'] / 1024:.2f} GB | "
+            f"{metrics['mean_images_per_s']:.0f} img/s | "
+            f"{scores[held_out]['macro_f1']:.3f} | {_percent(scores, held_out, 'top5_accuracy')}"
+            f" | {'—' if held_out not in zero_shot else f'{zero_shot[held_out]:.1%}'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,16 +193,26 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
              for name in METHODS}
     evaluation = {name: read_json(metrics_dir / name / "eval.json", f"evaluate@{name}")
                   for name in METHODS}
+    reports = {name: read_json(metrics_dir / name / "report.json", f"evaluate@{name}")
+               for name in METHODS}
     out_dir.mkdir(parents=True, exist_ok=True)
+    confusions = []
     for name in METHODS:
         plot_curves(name, epochs[name], out_dir / f"{name}_curves.png", config.dpi)
         predictions = list(csv.DictReader(_read(metrics_dir / name / "predictions.csv",
                                                 f"evaluate@{name}").splitlines()))
-        plot_confusion(name, predictions, out_dir / f"{name}_confusion.png", config.dpi)
-    plot_val_accuracy(epochs, out_dir / "compare_val_accuracy.png", config.dpi)
-    plot_speed_memory(train, out_dir / "compare_speed_memory.png", config.dpi)
+        classes, split = reports[name]["classes"], reports[name]["predictions_split"]
+        counts = plot_confusion(name, predictions, classes, split,
+                                out_dir / f"{name}_confusion.png", config.dpi)
+        confusions.append(confusions_table(name, counts, classes, split))
+    hardware = train[METHODS[0]].get("hardware", "unknown hardware")
+    plot_val_accuracy(epochs, len(reports[METHODS[0]]["classes"]),
+                      out_dir / "compare_val_accuracy.png", config.dpi)
+    plot_speed_memory(train, hardware, out_dir / "compare_speed_memory.png", config.dpi)
     (out_dir / "epochs.md").write_text("\n".join(epochs_table(n, epochs[n]) for n in METHODS))
-    (out_dir / "summary.md").write_text(summary_table(train, evaluation))
+    (out_dir / "confusions.md").write_text("\n".join(confusions))
+    (out_dir / "summary.md").write_text(summary_table(train, evaluation)
+                                        + f"\nMeasured on {hardware}.\n")
     stage.log.info("plot: figures and tables in %s", out_dir)
 
 

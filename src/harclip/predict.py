@@ -1,11 +1,11 @@
-"""Predict the actions in images with a trained checkpoint.
+"""Predict the classes of images with a trained checkpoint (its own class names).
 
     python -m harclip.predict --model models/sglip.pt photo.jpg folder/ [--top-k 3]
     harclip-predict --model models/clip.pt folder/ --format csv --output predictions.csv
 
 Each image goes through the checkpoint's own preprocessing (its input size and
 normalisation); directories are read recursively and scored in batches. A file that is not an
-image is reported and skipped.
+image, or one of more pixels than PIL's limit (a decompression bomb), is reported and skipped.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def predict(model: HarClassifier, meta: dict, files: list[Path], top_k: int = 3,
     """Top-k actions with probabilities per image, and the files skipped with the reason."""
     device = device or torch.device("cpu")
     model.eval().to(device)
-    augment = DeviceAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]))
+    augment = DeviceAugment.for_eval(meta)
     names = meta["class_names"]
     k = min(top_k, len(names))
     predictions: list[Prediction] = []
@@ -113,15 +113,17 @@ def render(predictions: list[Prediction], fmt: str) -> str:
 
 
 def main() -> None:
-    cli = argparse.ArgumentParser(description="Predict the HAR actions in images with a "
+    cli = argparse.ArgumentParser(description="Predict the classes of images (HAR's actions, or "
+                                              "the classes a checkpoint was trained on) with a "
                                               "trained checkpoint (models/<method>.pt).")
     cli.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
     cli.add_argument("--model", type=Path, required=True, help="a checkpoint, e.g. "
                      "models/sglip.pt")
-    cli.add_argument("--top-k", type=int, default=3, help="actions per image (%(default)s)")
+    cli.add_argument("--top-k", type=stage.positive_int, default=3,
+                     help="classes per image (%(default)s)")
     cli.add_argument("--format", choices=("text", "csv", "json"), default="text")
     cli.add_argument("--output", type=Path, help="write here instead of standard output")
-    cli.add_argument("--batch-size", type=int, default=64)
+    cli.add_argument("--batch-size", type=stage.positive_int, default=64)
     cli.add_argument("--fit", choices=("crop", "squash"), default="crop",
                      help="how images become square, as preprocess.fit (%(default)s)")
     cli.add_argument("--device", default="auto")

@@ -15,6 +15,7 @@ itself under torchrun; only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -22,6 +23,7 @@ import logging
 import random
 import shutil
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -31,8 +33,8 @@ import torch
 from harclip import distributed, stage
 from harclip.aclip import AclipObjective
 from harclip.augment import DeviceAugment
-from harclip.config import AclipTrainConfig, Params, TrainConfig, load_params
-from harclip.distributed import ALONE, World
+from harclip.config import METHODS, AclipTrainConfig, Params, TrainConfig, load_params
+from harclip.distributed import World
 from harclip.engine import (
     CachedSplit,
     ContrastiveObjective,
@@ -50,14 +52,13 @@ from harclip.models import (
     create_tokenizer,
     image_normalisation,
     init_head,
-    is_siglip,
     model_image_size,
+    save_atomically,
     save_checkpoint,
 )
-from harclip.preprocess import CACHE_DIR, load_split
+from harclip.preprocess import CACHE_DIR, cache_classes, load_split
 from harclip.stage import StageError
 
-METHODS = ("clip", "sglip", "aclip")
 RESUME_DIR = Path(".harclip/resume")
 RESUME_FORMAT = "harclip-resume"
 RESUME_INDEPENDENT = ("nprocs", "log_every")
@@ -70,16 +71,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: TrainConfig) -> tuple[HarClassifier, PromptEncoder]:
-    """The classifier with its class-prompt head, and the prompt encoder it was built from."""
-    model = build_classifier(config.model, config.pretrained, len(CLASS_NAMES),
+def build_model(config: TrainConfig, class_names: Sequence[str] = CLASS_NAMES, tokenizer=None
+                ) -> tuple[HarClassifier, PromptEncoder | None]:
+    """The classifier with its class head, and the class-prompt encoder when the run uses text
+    (a `text` head or an image–text term; `tokenizer` defaults to the model's own)."""
+    unknown = sorted(set(config.prompt_names) - set(class_names))
+    if unknown:
+        raise StageError(f"prompt_names: {', '.join(map(repr, unknown))} not among the "
+                         f"{len(class_names)} classes of the data")
+    model = build_classifier(config.model, config.pretrained, len(class_names),
                              config.image_size)
-    prompts = PromptEncoder(create_tokenizer(config.model), CLASS_NAMES,
-                            config.prompt_templates)
+    prompts = None
+    if config.head_init == "text" or config.contrastive_weight:
+        prompts = PromptEncoder(tokenizer or create_tokenizer(config.model), class_names,
+                                config.prompt_templates, config.prompt_names)
     with torch.no_grad():
-        init_head(model, prompts(model.clip), config.head_init)
+        init_head(model, config.head_init,
+                  prompts(model.clip) if config.head_init == "text" else None)
     if not config.contrastive_weight:
-        # The text tower served only to initialise the head: freeze it (no optimiser state).
+        # The text tower served at most to initialise the head: freeze it (no optimiser state).
         trainable = {id(p) for p in model.clip.visual.parameters()} | \
             {id(p) for p in model.head.parameters()}
         for param in model.parameters():
@@ -87,13 +97,13 @@ def build_model(config: TrainConfig) -> tuple[HarClassifier, PromptEncoder]:
     return model, prompts
 
 
-def build_objective(config: TrainConfig, model: HarClassifier, prompts: PromptEncoder,
-                    world: World = ALONE) -> Objective:
+def build_objective(config: TrainConfig, model: HarClassifier,
+                    prompts: PromptEncoder | None) -> Objective:
     if isinstance(config, AclipTrainConfig):
-        return AclipObjective(model, prompts, config.aclip, config.contrastive_weight, world)
+        return AclipObjective(model, prompts, config.aclip, config.contrastive_weight,
+                              config.seed)
     if config.contrastive_weight:
-        return ContrastiveObjective(prompts, config.contrastive_weight, is_siglip(model.clip),
-                                    world)
+        return ContrastiveObjective(prompts, config.contrastive_weight)
     return Objective()
 
 
@@ -109,12 +119,16 @@ def run_fingerprint(config: TrainConfig, cache_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def load_resume_state(path: Path, fingerprint: str, device: torch.device) -> dict | None:
-    """The trainer state saved by an interrupted run with this fingerprint, else None."""
+def load_resume_state(path: Path, fingerprint: str) -> dict | None:
+    """The trainer state saved by an interrupted run with this fingerprint, else None.
+
+    Loaded on the CPU whatever the run's device: `Trainer.load_state_dict` moves weights and
+    optimiser state to their parameters, and random-generator states must stay CPU tensors.
+    """
     if not path.is_file():
         return None
     try:
-        saved = torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say so and start afresh
         stage.log.warning("%s: unreadable (%s); starting afresh", path, err)
         return None
@@ -128,10 +142,21 @@ def load_resume_state(path: Path, fingerprint: str, device: torch.device) -> dic
 
 
 def save_resume_state(path: Path, fingerprint: str, trainer: Trainer) -> None:
-    partial = path.with_suffix(".partial")
-    torch.save({"format": RESUME_FORMAT, "fingerprint": fingerprint,
-                "trainer": trainer.state_dict()}, partial)
-    partial.replace(path)
+    save_atomically({"format": RESUME_FORMAT, "fingerprint": fingerprint,
+                     "trainer": trainer.state_dict()}, path)
+
+
+def timing_summary(history: list[EpochRecord]) -> dict:
+    """Speed and memory over the run. The headline time and throughput are the steady state:
+    every epoch after the first, whose compilation and warm-up are reported apart."""
+    steady = history[1:] or history
+    return {
+        "mean_epoch_time_s": float(np.mean([r.epoch_time_s for r in steady])),
+        "mean_refresh_time_s": float(np.mean([r.refresh_time_s for r in steady])),
+        "mean_images_per_s": float(np.mean([r.images_per_s for r in steady])),
+        "first_epoch_time_s": history[0].epoch_time_s,
+        "peak_memory_mb": max(r.peak_memory_mb for r in history),
+    }
 
 
 def best_so_far(checkpoint: Path) -> dict:
@@ -161,11 +186,14 @@ class RunLog:
                                     delimiter="\t")
             writer.writeheader()
             writer.writerows(self.rows)
+        refresh = f" (refresh {record.refresh_time_s:.1f} s)" if record.refresh_time_s else ""
+        image_text = f", image-text {record.train_image_text_loss:.4f}" \
+            if record.train_image_text_loss else ""
         stage.log.info(
-            "%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.1f s, "
+            "%s epoch %d: train CE %.4f%s acc %.3f | val CE %.4f acc %.3f | %.1f s%s, "
             "%.0f img/s, peak %.0f MB, lr %.2e", self.name, record.epoch, record.train_loss,
-            record.train_acc, record.val_loss, record.val_acc, record.epoch_time_s,
-            record.images_per_s, record.peak_memory_mb, record.lr)
+            image_text, record.train_acc, record.val_loss, record.val_acc,
+            record.epoch_time_s, refresh, record.images_per_s, record.peak_memory_mb, record.lr)
 
     def close(self) -> None:
         stage.log.removeHandler(self.text)
@@ -179,10 +207,27 @@ def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
     checkpoint, logs and metrics from rank 0 and return the metrics there (elsewhere {})."""
     world = distributed.join(config.device)
     try:
-        return _run(name, config, world, cache_dir, models_dir, logs_dir, metrics_dir,
-                    resume_dir / name)
+        with run_lock(resume_dir / f"{name}.lock", f"train_{name}", world):
+            return _run(name, config, world, cache_dir, models_dir, logs_dir, metrics_dir,
+                        resume_dir / name)
     finally:
         distributed.leave()
+
+
+@contextlib.contextmanager
+def run_lock(lock_file: Path, what: str, world: World) -> Iterator[None]:
+    """One live run per model: rank 0 holds the lock, and every process stops together when
+    it cannot (a second run would resume from, or delete, the state the live one writes)."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if world.is_main:
+            try:
+                stack.enter_context(stage.exclusive(lock_file, what))
+            except StageError as err:
+                refused = err
+        if world.reduce(refused is not None, "max"):
+            raise refused or StageError(f"{what}: rank 0 could not take the run's lock")
+        yield
 
 
 def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_dir: Path,
@@ -195,10 +240,12 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
                           world.local_size, config.nprocs)
     train_images, train_labels = load_split(cache_dir, "train")
     val_images, val_labels = load_split(cache_dir, "val")
-    model, prompts = build_model(config)
+    class_names = cache_classes(cache_dir)
+    model, prompts = build_model(config, class_names)
     model.to(device)
-    prompts.to(device)
-    objective = build_objective(config, model, prompts, world)
+    if prompts is not None:
+        prompts.to(device)
+    objective = build_objective(config, model, prompts)
     if config.compile:
         model.clip.visual.compile()
     augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip),
@@ -208,7 +255,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     trainer = Trainer(model, objective, train_split, val_split, augment, config, world)
     fingerprint = run_fingerprint(config, cache_dir)
     state_path, best_path = work_dir / "state.pt", work_dir / "best.pt"
-    resumed = load_resume_state(state_path, fingerprint, device) \
+    resumed = load_resume_state(state_path, fingerprint) \
         if best_path.is_file() else None  # each epoch writes best.pt before the state
     # Also a barrier: every process has read the state before rank 0 may clear it.
     if world.reduce(resumed is None, "max") != world.reduce(resumed is None, "min"):
@@ -236,7 +283,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
         run_log.epoch(record)
         if record.val_acc > best["val_acc"]:
             best.update(val_acc=record.val_acc, epoch=record.epoch)
-            save_checkpoint(best_path, model, config.model, CLASS_NAMES, {
+            save_checkpoint(best_path, model, config.model, class_names, {
                 "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
         save_resume_state(state_path, fingerprint, trainer)
 
@@ -258,9 +305,9 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     metrics = {
         "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
         "final_val_acc": history[-1].val_acc, "final_train_acc": history[-1].train_acc,
-        "mean_epoch_time_s": float(np.mean([r.epoch_time_s for r in history])),
-        "mean_images_per_s": float(np.mean([r.images_per_s for r in history])),
-        "peak_memory_mb": max(r.peak_memory_mb for r in history),
+        **timing_summary(history),
+        "cache_mb": (train_split.nbytes + val_split.nbytes) / 2**20,
+        "cache_on_device": trainer.cache_bytes > 0 and device.type == "cuda",
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": str(device),

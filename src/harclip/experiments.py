@@ -1,0 +1,223 @@
+"""Sweeps through DVC's own experiment queue, and the tables and figures that collect them.
+
+    python -m harclip.experiments seeds --seeds 1 2          # every model at other seeds
+    python -m harclip.experiments ablation --seeds 0 1 2     # A-CLIP vs FLIP vs full tokens
+    dvc queue status                                         # follow them
+    python -m harclip.experiments report seeds --out docs/results
+    python -m harclip.experiments report ablation --out docs/results
+
+`seeds` and `ablation` queue one `dvc exp run --queue -S ...` per run and start the queue
+(`dvc queue start -j JOBS`); `report` reads every finished experiment of the current commit
+(`dvc.api.exp_show`) and writes a markdown table and a figure of mean ± standard deviation
+over the seeds.
+
+The ablation varies only how the A-CLIP stage chooses the tokens its student sees, on one
+backbone and schedule: attentive (the EMA teacher's [CLS] attention, scored every step or
+cached and refreshed every epoch), random (FLIP) and all tokens, at keep ratios 0.5 and 0.75.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from harclip.config import METHODS, section_names
+
+LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
+ABLATION = [  # (label, saliency, keep ratio)
+    ("attentive, teacher every step", "teacher", 0.5),
+    ("attentive, teacher every step", "teacher", 0.75),
+    ("attentive, cached saliency", "cached", 0.5),
+    ("attentive, cached saliency", "cached", 0.75),
+    ("random (FLIP)", "random", 0.5),
+    ("random (FLIP)", "random", 0.75),
+    ("all tokens", "random", 1.0),
+]
+"""Full-token training needs no saliency: `random` at keep ratio 1.0 keeps every token."""
+
+
+def _dvc(*args: str) -> None:
+    subprocess.run(["dvc", *args], check=True)
+
+
+def queue_seeds(seeds: list[int], jobs: int) -> None:
+    """Queue every model at each seed (the same seed for the three), then start the queue."""
+    for seed in seeds:
+        sets = [arg for method in METHODS for arg in ("-S", f"train_{method}.seed={seed}")]
+        _dvc("exp", "run", "--queue", "--name", f"seed-{seed}", *sets)
+    _dvc("queue", "start", "-j", str(jobs))
+
+
+def queue_ablation(seeds: list[int], jobs: int) -> None:
+    """Queue the A-CLIP stage at every (token choice, keep ratio) and seed, then start."""
+    for _, saliency, keep in ABLATION:
+        for seed in seeds:
+            _dvc("exp", "run", "--queue", "--name", f"abl-{saliency}-{keep}-s{seed}",
+                 "-S", f"train_aclip.aclip.saliency={saliency}",
+                 "-S", f"train_aclip.aclip.keep_ratio={keep}",
+                 "-S", f"train_aclip.seed={seed}")
+    _dvc("queue", "start", "-j", str(jobs))
+
+
+def value(row: dict, name: str):
+    """A column of `dvc.api.exp_show`'s flat rows: params as `section.key`, metrics as
+    `key` or, where two files share it, `path:key`."""
+    if name in row:
+        return row[name]
+    return next((v for k, v in row.items() if k.endswith(f":{name}")), None)
+
+
+def finished_runs() -> list[dict]:
+    """The current commit and its finished experiments (not the workspace, which repeats one
+    of them), as `dvc.api.exp_show` rows; the commit first."""
+    import dvc.api
+
+    rows = [row for row in dvc.api.exp_show()
+            if row.get("rev") != "workspace" and row.get("State") in (None, "Success")]
+    return sorted(rows, key=lambda row: row.get("typ") != "baseline")
+
+
+def params_of(row: dict) -> dict:
+    """The params.yaml values of a row (its other columns are metrics and dependencies)."""
+    sections = set(section_names())
+    return {key.removeprefix("params.yaml:"): v for key, v in row.items()
+            if key.removeprefix("params.yaml:").split(".", 1)[0] in sections}
+
+
+def varying_only(rows: list[dict], free: set[str]) -> list[dict]:
+    """The rows whose params equal the commit's (the first row's) except the `free` ones (and
+    the keys those contain): one sweep's runs, not another's."""
+    if not rows:
+        return []
+    def fixed(row: dict) -> dict:
+        return {k: v for k, v in params_of(row).items()
+                if not any(k == f or k.startswith(f"{f}.") for f in free)}
+    baseline = fixed(rows[0])
+    return [row for row in rows if fixed(row) == baseline]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = mean_std(values)
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def seeds_table(rows: list[dict]) -> tuple[str, dict]:
+    """Per model: test and val accuracy and time per epoch, mean ± std over the runs that
+    differ from each other only in their seeds."""
+    rows = varying_only(rows, {f"train_{method}.seed" for method in METHODS})
+    found = {}
+    for method in METHODS:
+        runs = {value(row, f"train_{method}.seed"): row for row in rows
+                if value(row, f"{method}.test_acc") is not None}
+        found[method] = {
+            "seeds": sorted(int(s) for s in runs),
+            "test_acc": [value(r, f"{method}.test_acc") for r in runs.values()],
+            "val_acc": [value(r, f"{method}.val_acc") for r in runs.values()],
+            "epoch_s": [value(r, f"{method}.epoch_s") for r in runs.values()],
+        }
+    lines = ["| Model | Seeds | Test accuracy (%) | Val accuracy (%) | Time per epoch (s) |",
+             "| :-- | :-: | :-: | :-: | :-: |"]
+    lines += [f"| **{LABELS[m]}** | {', '.join(map(str, f['seeds']))} | {_pm(f['test_acc'])} "
+              f"| {_pm(f['val_acc'])} | {_pm(f['epoch_s'], 1.0)} |"
+              for m, f in found.items() if f["seeds"]]
+    return "\n".join(lines) + "\n", found
+
+
+def ablation_table(rows: list[dict]) -> tuple[str, dict]:
+    """Per (token choice, keep ratio): A-CLIP's test and val accuracy and time per epoch,
+    mean ± std over seeds."""
+    rows = varying_only(rows, {"train_aclip.seed", "train_aclip.aclip.saliency",
+                               "train_aclip.aclip.keep_ratio"})
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        key = (value(row, "train_aclip.aclip.saliency"), value(row, "train_aclip.aclip.keep_ratio"))
+        if value(row, "aclip.test_acc") is not None:
+            groups[key].append(row)
+    found, lines = {}, ["| Tokens the student sees | Keep ratio | Seeds | Test accuracy (%) | "
+                        "Val accuracy (%) | Time per epoch (s) |",
+                        "| :-- | :-: | :-: | :-: | :-: | :-: |"]
+    for label, saliency, keep in ABLATION:
+        runs = groups.get((saliency, keep), [])
+        if not runs:
+            continue
+        entry = {"label": label, "keep": keep, "seeds": len(runs),
+                 "test_acc": [value(r, "aclip.test_acc") for r in runs],
+                 "val_acc": [value(r, "aclip.val_acc") for r in runs],
+                 "epoch_s": [value(r, "aclip.epoch_s") for r in runs]}
+        found[(saliency, keep)] = entry
+        lines.append(f"| {label} | {keep:g} | {len(runs)} | {_pm(entry['test_acc'])} | "
+                     f"{_pm(entry['val_acc'])} | {_pm(entry['epoch_s'], 1.0)} |")
+    return "\n".join(lines) + "\n", found
+
+
+def ablation_figure(found: dict, path: Path) -> None:
+    """Test accuracy (mean ± std over seeds) and time per epoch per configuration."""
+    from matplotlib.figure import Figure
+
+    entries = [found[k] for k in sorted(found, key=lambda k: (k[1], k[0]))]
+    names = [f"{e['label']}\nkeep {e['keep']:g}" for e in entries]
+    colours = ["#2ca02c" if "attentive" in e["label"] else
+               "#ff7f0e" if "random" in e["label"] else "#7f7f7f" for e in entries]
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    accuracy, speed = fig.subplots(1, 2)
+    for axis, key, scale, title in ((accuracy, "test_acc", 100, "Test accuracy (%)"),
+                                    (speed, "epoch_s", 1, "Time per epoch (s)")):
+        means, stds = zip(*(mean_std(e[key]) for e in entries), strict=True)
+        axis.barh(names, [m * scale for m in means], xerr=[s * scale for s in stds],
+                  color=colours, capsize=3)
+        axis.set(title=title)
+        axis.grid(axis="x", alpha=0.3)
+        axis.invert_yaxis()
+    speed.set_yticklabels([])
+    fig.suptitle("A-CLIP stage: which tokens the student sees (mean ± std over seeds)")
+    fig.savefig(path, dpi=120)
+
+
+def report(kind: str, out: Path) -> str:
+    rows = finished_runs()
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "seeds":
+        table, _ = seeds_table(rows)
+    else:
+        table, found = ablation_table(rows)
+        if found:
+            ablation_figure(found, out / "ablation.png")
+    (out / f"{kind}.md").write_text(table)
+    return table
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description="Queue seed sweeps and the token-choice "
+                                              "ablation as DVC experiments; collect them.")
+    commands = cli.add_subparsers(dest="command", required=True)
+    for name, text in (("seeds", "queue every model at other seeds"),
+                       ("ablation", "queue A-CLIP vs FLIP vs all tokens at keep 0.5 / 0.75")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--seeds", type=int, nargs="+", required=True)
+        command.add_argument("--jobs", type=int, default=1,
+                             help="experiments run at once (dvc queue start -j)")
+    collect = commands.add_parser("report", help="table and figure of finished experiments")
+    collect.add_argument("kind", choices=("seeds", "ablation"))
+    collect.add_argument("--out", type=Path, default=Path("docs/results"))
+    args = cli.parse_args()
+    if args.command == "seeds":
+        queue_seeds(args.seeds, args.jobs)
+    elif args.command == "ablation":
+        queue_ablation(args.seeds, args.jobs)
+    else:
+        sys.stdout.write(report(args.kind, args.out))
+
+
+if __name__ == "__main__":
+    main()
