@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import signal
@@ -51,6 +50,7 @@ from harclip.hardware import describe, resolve_device
 from harclip.models import image_normalisation, load_checkpoint, model_image_size
 from harclip.predict import image_files, predict
 from harclip.preprocess import CacheItem, load_split, write_cache
+from harclip.records import read_epochs, read_run
 from harclip.synthetic import generate
 from harclip.train import METHODS, build_model, build_objective
 
@@ -130,12 +130,6 @@ def check_params(small: bool, pretrained: bool) -> dict:
     return params
 
 
-def epochs_of(workspace: Path, method: str) -> list[dict]:
-    with open(workspace / "logs" / method / "epochs.tsv") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle,
-                                                                                 delimiter="\t")]
-
-
 def train_stages(ws: Workspace) -> tuple[list[Check], dict[str, dict]]:
     """Every training stage, the CLIP run interrupted after epoch 1 and resumed."""
     checks, figures = [], {}
@@ -154,13 +148,13 @@ def train_stages(ws: Workspace) -> tuple[list[Check], dict[str, dict]]:
         checks.append(Check(f"train_{method}", ran, f"exit status {code} in {seconds:.0f} s"))
         if not ran:
             continue
-        rows = epochs_of(ws.root, method)
+        rows = read_epochs(ws.root / "logs" / method)
         if method == RESUMED:
             log = ws.log.read_text()
             resumed = "resuming after epoch 1" in log and [r["epoch"] for r in rows] == [1, 2, 3]
             checks.append(Check(f"train_{method}: resumed after epoch 1", resumed,
                                 f"epochs logged: {[int(r['epoch']) for r in rows]}"))
-        train = json.loads((ws.root / "metrics" / method / "train.json").read_text())
+        train = read_run(ws.root / "logs" / method)
         last, first = rows[-1], rows[0]
         figures[method] = {
             "images_per_s": last["images_per_s"],
@@ -185,8 +179,8 @@ def evaluate_and_predict(ws: Workspace, device: torch.device) -> list[Check]:
         try:
             scores = evaluate(method, EvaluateConfig(device=str(device)), cache, models,
                               ws.root / "metrics")
-            checks.append(Check(f"evaluate@{method}", "accuracy" in scores["val"],
-                                f"val accuracy {scores['val']['accuracy']:.3f}"))
+            checks.append(Check(f"evaluate@{method}", "val_acc" in scores,
+                                f"val accuracy {scores['val_acc']:.3f}"))
         except Exception as err:  # a check reports what broke and goes on
             checks.append(Check(f"evaluate@{method}", False, f"{type(err).__name__}: {err}"))
     images, _ = load_split(cache, "val")
@@ -253,8 +247,7 @@ def data_parallel(ws: Workspace, params: dict) -> list[Check]:
     two["train_clip"].update(nprocs=2, epochs=1, compile=False)
     path = ws.write_params(two, "params-nccl.yaml")
     code, seconds = ws.run("train", "clip", "--params", path.name)
-    processes = json.loads((ws.root / "metrics" / "clip" / "train.json").read_text()) \
-        .get("processes") if code == 0 else None
+    processes = read_run(ws.root / "logs" / "clip")["processes"] if code == 0 else None
     return [Check("train_clip with nprocs 2 (NCCL)", code == 0 and processes == 2,
                   f"exit status {code} in {seconds:.0f} s, {processes} processes")]
 

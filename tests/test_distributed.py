@@ -28,6 +28,7 @@ from harclip import train
 from harclip.config import load_params
 from harclip.distributed import process_device, relaunch
 from harclip.preprocess import CacheItem, cache_classes, load_split, write_cache
+from harclip.records import read_run
 from harclip.stage import StageError
 from tests.conftest import REPO_ROOT
 from tests.test_resume import epoch_rows, saved_epochs
@@ -71,8 +72,7 @@ def _rank(rank: int, port: int, method: str, config, cache: Path, out: Path) -> 
                       LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     torch.set_num_threads(1)
     root = out / f"rank{rank}"
-    train.run(method, config, cache, root / "models", root / "logs", root / "metrics",
-              root / "resume")
+    train.run(method, config, cache, root / "models", root / "logs", root / "resume")
 
 
 def _free_port() -> int:
@@ -87,12 +87,12 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp
     torch.set_num_threads(1)
     alone = tmp_path / "alone"
     train.run(method, _config(method), even_cache, alone / "models", alone / "logs",
-              alone / "metrics", alone / "resume")
+              alone / "resume")
     mp.spawn(_rank, args=(_free_port(), method, _config(method, nprocs=2), even_cache,
                           tmp_path), nprocs=2)
 
-    single = epoch_rows(alone / "logs" / method / "epochs.tsv")
-    parallel = epoch_rows(tmp_path / "rank0" / "logs" / method / "epochs.tsv")
+    single = epoch_rows(alone / "logs" / method)
+    parallel = epoch_rows(tmp_path / "rank0" / "logs" / method)
     assert len(single) == len(parallel) == 2
     for one, two in zip(single, parallel, strict=True):
         for key in ("train_loss", "val_loss"):
@@ -100,9 +100,11 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp
         for key in ("train_acc", "val_acc", "lr"):
             assert two[key] == one[key], key
     written = {p.relative_to(tmp_path / "rank0").as_posix()
-               for p in (tmp_path / "rank0").rglob("*") if p.is_file()}
-    assert written == {f"models/{method}.pt", f"logs/{method}/epochs.tsv",
-                       f"logs/{method}/train.log", f"metrics/{method}/train.json",
+               for p in (tmp_path / "rank0").rglob("*") if p.is_file()
+               and "/plots/" not in p.as_posix()}  # DVCLive's series: one file each
+    assert written == {f"models/{method}.pt", f"logs/{method}/metrics.json",
+                       f"logs/{method}/params.yaml", f"logs/{method}/train.log",
+                       f"logs/{method}/run.json",
                        f"resume/{method}.lock"}  # the run's lock, held by rank 0
     assert not [p for p in (tmp_path / "rank1").rglob("*") if p.is_file()]
 
@@ -120,8 +122,7 @@ def test_nprocs_in_params_relaunches_the_stage_under_torchrun(small_cache, tmp_p
     # Rank 0 alone logs: each epoch once on the console and in the log file.
     for text in (result.stderr, (tmp_path / "logs/clip/train.log").read_text()):
         assert text.count("clip epoch 1:") == 1 and text.count("clip epoch 2:") == 1
-    metrics = yaml.safe_load((tmp_path / "metrics/clip/train.json").read_text())
-    assert metrics["processes"] == 2
+    assert read_run(tmp_path / "logs/clip")["processes"] == 2
     assert (tmp_path / "models/clip.pt").is_file()
     assert not (tmp_path / ".harclip/resume/clip").exists()
 
@@ -132,7 +133,7 @@ def test_a_killed_two_process_run_resumes_on_the_single_process_trajectory(even_
     torch.set_num_threads(1)
     alone = tmp_path / "alone"
     train.run("clip", _config("clip", epochs=3), even_cache, alone / "models",
-              alone / "logs", alone / "metrics", alone / "resume")
+              alone / "logs", alone / "resume")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["train_clip"].update(epochs=3, batch_size=16, device="cpu", nprocs=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -155,9 +156,9 @@ def test_a_killed_two_process_run_resumes_on_the_single_process_trajectory(even_
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(f"resuming after epoch {killed_at}") == 1  # rank 0 alone
-    single = epoch_rows(alone / "logs/clip/epochs.tsv")
-    resumed = epoch_rows(tmp_path / "logs/clip/epochs.tsv")
-    assert [r["epoch"] for r in resumed] == ["1", "2", "3"]
+    single = epoch_rows(alone / "logs/clip")
+    resumed = epoch_rows(tmp_path / "logs/clip")
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
     for one, two in zip(single, resumed, strict=True):
         assert float(two["train_loss"]) == pytest.approx(float(one["train_loss"]), rel=1e-4)
         assert two["val_acc"] == one["val_acc"]

@@ -2,10 +2,12 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from dvclive import Live
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 
@@ -15,6 +17,7 @@ from harclip.har import CLASS_NAMES
 from harclip.models import create_backbone, save_checkpoint
 from harclip.plot import plot
 from harclip.preprocess import CacheItem, write_cache
+from harclip.records import SERIES
 from harclip.stage import StageError
 from harclip.train import METHODS, build_model
 
@@ -66,26 +69,26 @@ def test_evaluate_scores_val_and_test_and_agrees_with_sklearn(tmp_path):
                        tmp_path / "models", tmp_path / "metrics")
     out = tmp_path / "metrics" / "clip"
     saved = json.loads((out / "eval.json").read_text())
-    assert saved == json.loads(json.dumps(metrics))
-    assert set(saved) == {"val", "test", "zero_shot_accuracy"}
-    numbers = [v for split in saved.values() for v in split.values()]
-    assert all(isinstance(v, float) for v in numbers)  # what `dvc metrics` compares, only
+    assert saved == {"clip": json.loads(json.dumps(metrics))}  # under the model's name
+    assert set(metrics) == {"val_acc", "test_acc", "test_f1", "test_top5"}
+    assert all(isinstance(v, float) for v in metrics.values())  # numbers only
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     actual = [r["actual"] for r in rows]
     predicted = [r["predicted"] for r in rows]
     assert len(rows) == 20  # the confusion matrix is on the test split
-    assert saved["test"]["accuracy"] == pytest.approx(accuracy_score(actual, predicted))
-    assert saved["test"]["macro_f1"] == pytest.approx(
+    assert metrics["test_acc"] == pytest.approx(accuracy_score(actual, predicted))
+    assert metrics["test_f1"] == pytest.approx(
         f1_score(actual, predicted, labels=list(CLASS_NAMES), average="macro", zero_division=0))
     report = json.loads((out / "report.json").read_text())
     assert report["images"] == {"val": 30, "test": 20} and report["checkpoint_epoch"] == 2
     assert report["classes"] == list(CLASS_NAMES) and report["predictions_split"] == "test"
     assert set(report["per_class_accuracy"]["test"]) == set(CLASS_NAMES)
+    assert report["scores"]["val"]["accuracy"] == metrics["val_acc"]
     # The checkpoint's head was initialised from text and never trained, so the untouched
     # backbone's zero-shot accuracy is the same number.
     for split in ("val", "test"):
-        assert saved["zero_shot_accuracy"][split] == pytest.approx(saved[split]["accuracy"])
+        assert report["zero_shot_accuracy"][split] == pytest.approx(metrics[f"{split}_acc"])
 
 
 def test_without_a_test_split_evaluate_reports_val_alone(tmp_path):
@@ -93,7 +96,7 @@ def test_without_a_test_split_evaluate_reports_val_alone(tmp_path):
     _checkpoint(tmp_path / "models", "clip")
     metrics = evaluate("clip", EvaluateConfig(), tmp_path / "cache", tmp_path / "models",
                        tmp_path / "metrics")
-    assert set(metrics) == {"val"}
+    assert set(metrics) == {"val_acc", "val_f1", "val_top5"}
     report = json.loads((tmp_path / "metrics" / "clip" / "report.json").read_text())
     assert report["predictions_split"] == "val"
 
@@ -111,32 +114,31 @@ def test_evaluate_without_a_checkpoint_names_it_and_the_stage_that_makes_it(tmp_
                  tmp_path / "metrics")
 
 
-EPOCH_COLUMNS = ("epoch", "train_loss", "train_image_text_loss", "train_acc", "val_loss",
-                 "val_acc", "epoch_time_s", "refresh_time_s", "images_per_s", "peak_memory_mb",
-                 "lr")
-
-
 def _fabricate_results(root, classes=CLASS_NAMES):
+    """What the training stages (through DVCLive) and the evaluate stages write."""
     rng = np.random.default_rng(1)
     for name in METHODS:
-        (root / "logs" / name).mkdir(parents=True)
-        with open(root / "logs" / name / "epochs.tsv", "w") as handle:
-            handle.write("\t".join(EPOCH_COLUMNS) + "\n")
-            for epoch in range(1, 4):
-                refresh = 0.5 if name == "aclip" else 0.0
-                handle.write(f"{epoch}\t{2 / epoch}\t0.0\t{0.2 * epoch}\t{2.2 / epoch}\t"
-                             f"{0.18 * epoch}\t10.5\t{refresh}\t300\t1000\t1e-3\n")
-        (root / "metrics" / name).mkdir(parents=True)
-        (root / "metrics" / name / "train.json").write_text(json.dumps({
+        live = Live(str(root / "logs" / name), dvcyaml=False, save_dvc_exp=False)
+        for epoch in range(1, 4):
+            live.step = epoch
+            values = {"train_loss": 2 / epoch, "train_image_text_loss": 0.0,
+                      "train_acc": 0.2 * epoch, "val_loss": 2.2 / epoch,
+                      "val_acc": 0.18 * epoch, "epoch_time_s": 10.5,
+                      "refresh_time_s": 0.5 if name == "aclip" else 0.0,
+                      "images_per_s": 300.0, "peak_memory_mb": 1000.0, "lr": 1e-3}
+            for series, field in SERIES.items():
+                live.log_metric(series, values[field])
+        live.end()
+        (root / "logs" / name / "run.json").write_text(json.dumps({
             "best_val_acc": 0.54, "best_epoch": 3, "mean_epoch_time_s": 10.5,
             "first_epoch_time_s": 30.0, "mean_refresh_time_s": 0.0,
             "mean_images_per_s": 300.0, "peak_memory_mb": 1000.0, "device": "cpu",
             "hardware": "2 CPU cores (test)"}))
-        (root / "metrics" / name / "eval.json").write_text(json.dumps({
-            "val": {"accuracy": 0.54, "macro_f1": 0.5, "top5_accuracy": 0.9},
-            "test": {"accuracy": 0.51, "macro_f1": 0.49, "top5_accuracy": 0.88}}))
+        (root / "metrics" / name).mkdir(parents=True)
+        scores = {"val": {"accuracy": 0.54, "macro_f1": 0.5, "top5_accuracy": 0.9},
+                  "test": {"accuracy": 0.51, "macro_f1": 0.49, "top5_accuracy": 0.88}}
         (root / "metrics" / name / "report.json").write_text(json.dumps({
-            "classes": list(classes), "predictions_split": "test"}))
+            "classes": list(classes), "predictions_split": "test", "scores": scores}))
         with open(root / "metrics" / name / "predictions.csv", "w") as handle:
             handle.write("actual,predicted\n")
             for _ in range(60):
@@ -184,9 +186,13 @@ def test_confusion_figures_grow_with_the_number_of_classes(tmp_path):
 
 def test_plot_names_a_missing_input_and_its_stage(tmp_path):
     _fabricate_results(tmp_path)
-    (tmp_path / "metrics" / "aclip" / "eval.json").unlink()
-    with pytest.raises(StageError, match=r"aclip/eval.json: not found; the evaluate@aclip "
+    (tmp_path / "metrics" / "aclip" / "report.json").unlink()
+    with pytest.raises(StageError, match=r"aclip/report.json: not found; the evaluate@aclip "
                                          r"stage makes it"):
+        plot(PlotConfig(), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
+    shutil.rmtree(tmp_path / "logs" / "sglip" / "plots")
+    with pytest.raises(StageError, match=r"sglip/plots/metrics/train/loss.tsv: not found.*"
+                                         r"`dvc repro train_sglip`"):
         plot(PlotConfig(), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
 
 

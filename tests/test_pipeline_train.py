@@ -1,6 +1,5 @@
 """The HAR recipe's architectures through each training stage's own model and objective."""
 
-
 import numpy as np
 import open_clip
 import pytest
@@ -16,10 +15,6 @@ from tests.conftest import REPO_ROOT
 from tests.dvc_project import tiny_params
 
 pytestmark = pytest.mark.slow
-
-STUDY_COLUMNS = ["epoch", "train_loss", "train_image_text_loss", "train_acc", "val_loss",
-                 "val_acc", "epoch_time_s", "refresh_time_s", "images_per_s", "peak_memory_mb",
-                 "lr"]
 
 
 def tiny_training_params() -> dict:

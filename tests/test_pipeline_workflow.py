@@ -1,34 +1,44 @@
-"""The DVC workflow users run after set-up: repro, status, metrics diff, plots, experiments."""
+"""The DVC workflow users run after set-up: repro, status, metrics diff, plots, experiments,
+DVCLive's logs and the model registry."""
 
-import csv
 import json
 import subprocess
+import sys
 
 import pytest
+import yaml
 from PIL import Image
 
 from harclip.har import CLASS_NAMES
 from harclip.models import load_checkpoint
+from harclip.records import HEADLINE, SERIES, read_run
 from tests.dvc_project import BIN, DvcProject
-from tests.test_pipeline_train import STUDY_COLUMNS, tiny_training_params
+from tests.test_pipeline_train import tiny_training_params
+from tests.test_resume import epoch_rows
 
 pytestmark = pytest.mark.slow
 
 
 def _check_training_outputs(root) -> None:
-    """What train_clip wrote: the checkpoint, the per-epoch table and log, its metrics."""
+    """What train_clip wrote: the checkpoint, DVCLive's series and summary, the log."""
     model, meta = load_checkpoint(root / "models" / "clip.pt")
     assert meta["model"] == "harclip-tiny-clip" and meta["class_names"] == list(CLASS_NAMES)
     assert meta["params"]["epochs"] == 2 and meta["epoch"] in (1, 2)
-    with open(root / "logs" / "clip" / "epochs.tsv") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    assert list(rows[0]) == STUDY_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    rows = epoch_rows(root / "logs" / "clip")
+    assert set(rows[0]) == {"epoch", *SERIES.values()} and [r["epoch"] for r in rows] == [1, 2]
     assert "clip epoch 2: train CE" in (root / "logs" / "clip" / "train.log").read_text()
-    metrics = json.loads((root / "metrics" / "clip" / "train.json").read_text())
-    assert metrics["best_val_acc"] == pytest.approx(max(float(r["val_acc"]) for r in rows),
-                                                   abs=1e-6)  # the TSV keeps 6 decimals
-    assert metrics["best_epoch"] == meta["epoch"]
-    assert metrics["parameters"] == sum(p.numel() for p in model.parameters())
+    summary = json.loads((root / "logs" / "clip" / "metrics.json").read_text())
+    assert summary["step"] == 2 and set(summary["clip"]) == set(HEADLINE)
+    best = max(rows, key=lambda r: r["val_acc"])
+    assert summary["clip"]["best_epoch"] == meta["epoch"] == best["epoch"]
+    assert read_run(root / "logs" / "clip")["parameters"] == \
+        sum(p.numel() for p in model.parameters())
+    params = yaml.safe_load((root / "logs" / "clip" / "params.yaml").read_text())
+    assert params["epochs"] == 2 and params["model"] == "harclip-tiny-clip"  # DVCLive's copy
+
+
+HEADLINE_COLUMNS = {f"{method}.{key}" for method in ("clip", "sglip", "aclip")
+                    for key in (*HEADLINE, "val_acc", "test_acc", "test_f1", "test_top5")}
 
 
 def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
@@ -45,8 +55,7 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     summary = (tmp_path / "plots" / "summary.md").read_text()
     assert all(f"**{label}**" in summary for label in ("CLIP", "SigLIP", "A-CLIP"))
     shown = json.loads(project.dvc("metrics", "show", "--json"))
-    assert json.dumps(shown).count("best_val_acc") == 3  # every model's train.json
-    assert json.dumps(shown).count("macro_f1") == 6  # and eval.json, val and test
+    assert _flat(shown) == HEADLINE_COLUMNS | {"step"}  # a few numbers, nothing per class
     project.commit("first results")
 
     # One model's key: that model's training stage, its evaluation and the plots rerun.
@@ -56,7 +65,8 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     diff = json.loads(project.dvc("metrics", "diff", "--json"))
     changed = {path for path, values in diff.items() if values}
     assert changed and all("/clip/" in path for path in changed)
-    assert "metrics/clip/eval.json" in changed
+    assert {"metrics/clip/eval.json", "logs/clip/metrics.json"} <= changed
+    assert all(key.startswith("clip.") for values in diff.values() for key in values)
     project.set_param("train_aclip.aclip.saliency", "random")  # FLIP, through dvc repro
     assert project.changed_stages() == {"train_aclip"}
     assert project.repro() == ["train_aclip", "evaluate@aclip", "plot"]
@@ -64,13 +74,38 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     html_dir = tmp_path / "plots-html"
     project.dvc("plots", "show", "--out", str(html_dir))
     html = (html_dir / "index.html").read_text()
-    assert "Validation accuracy" in html and "CLIP confusion matrix" in html
+    assert "Validation accuracy" in html and "CLIP confusion matrix (test split)" in html
+    for method in ("clip", "sglip", "aclip"):  # each model's curve, from DVCLive's series
+        assert f'"{method}/plots/metrics/val/acc.tsv"' in html  # (DVC shortens the paths)
     assert "compare_val_accuracy.png" in html
-    project.commit("clip lr 3e-3")
+    project.commit("clip lr 3e-3, A-CLIP with random tokens")
 
     project.dvc("exp", "run", "-S", "train_sglip.lr=0.002", "--name", "sglip-lr")
-    table = project.dvc("exp", "show", "--md")
-    assert "sglip-lr" in table and "0.002" in table
+    rows = {row["Experiment"] or row["rev"]: row for row in _exp_show(tmp_path)}
+    assert rows["sglip-lr"]["train_sglip.lr"] == 0.002
+    metrics = {key.split(":")[-1] for key in rows["sglip-lr"]
+               if key.startswith(("clip.", "sglip.", "aclip.")) or ".json:" in key}
+    assert metrics == HEADLINE_COLUMNS | {"step"}  # nothing per class, no hardware strings
+    assert all(isinstance(rows["sglip-lr"][key], float | int) for key in rows["sglip-lr"]
+               if key.split(":")[-1] in metrics)
+    table = subprocess.run([str(BIN / "dvc"), "exp", "show", "--only-changed", "--no-pager"],
+                           cwd=tmp_path, env={**project.env, "COLUMNS": "160"},
+                           capture_output=True, text=True, check=True).stdout
+    assert max(map(len, table.splitlines())) <= 160, table
+    shown = table.splitlines()[1].split()
+    every = project.dvc("exp", "show", "--only-changed", "--md").splitlines()[0]
+    changed = [c.strip() for c in every.split("|") if c.strip().startswith("sglip.")]
+    scores = [c for c in changed if c.split(".")[1] in ("val_acc", "test_acc", "test_f1",
+                                                        "test_top5")]
+    assert changed[:len(scores)] == scores  # accuracy first, then speed and memory
+    assert set(scores) | {"sglip.epoch_s"} <= set(shown), table  # within 160 columns
+    html_dir = tmp_path / "plots-diff"
+    project.dvc("plots", "diff", "HEAD", "sglip-lr", "--out", str(html_dir))
+    assert "sglip-lr" in (html_dir / "index.html").read_text()
+    project.run(str(BIN / "gto"), "register", "sglip")  # a version tag: sglip@v0.0.1
+    project.dvc("artifacts", "get", ".", "sglip", "-o", str(tmp_path / "registry.pt"))
+    _, meta = load_checkpoint(tmp_path / "registry.pt")
+    assert meta["model"] == "harclip-tiny-siglip" and meta["params"]["lr"] == 1e-3  # committed
 
     # A mistyped section on an unchanged pipeline: only check_params reads it, and fails.
     params = project.params
@@ -79,3 +114,22 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=tmp_path, env=project.env,
                             capture_output=True, text=True)
     assert result.returncode != 0 and "unknown key 'trian_clip'" in result.stdout + result.stderr
+
+
+def _flat(shown: dict) -> set[str]:
+    """The metric names `dvc metrics show --json` lists for the workspace."""
+    names = set()
+    (workspace,) = shown.values()  # one revision: the workspace
+    for data in workspace["data"].values():
+        for key, value in data["data"].items():
+            names |= {f"{key}.{inner}" for inner in value} if isinstance(value, dict) \
+                else {key}
+    return names
+
+
+def _exp_show(root) -> list[dict]:
+    """`dvc.api.exp_show` of the project at `root` (run in a child: DVC is cwd-bound)."""
+    code = "import dvc.api, json; print(json.dumps(dvc.api.exp_show()))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout)

@@ -98,7 +98,7 @@ def test_evaluate_uses_the_checkpoints_saved_preprocessing(small_cache, tmp_path
     with open(tmp_path / "metrics" / "clip" / "predictions.csv") as handle:
         written = [CLASS_NAMES.index(row["predicted"]) for row in csv.DictReader(handle)]
     assert written == with_saved.argmax(1).tolist()
-    assert metrics["test"]["accuracy"] == pytest.approx(
+    assert metrics["test_acc"] == pytest.approx(
         (with_saved.argmax(1).numpy() == labels).mean())
 
 

@@ -4,6 +4,7 @@ ends where an uninterrupted run ends, without repeating an epoch in its logs."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from harclip.config import parse_params
 from harclip.distributed import ALONE
 from harclip.engine import CachedSplit, Trainer
 from harclip.preprocess import load_split
+from harclip.records import SERIES, read_epochs, series_file
 from tests.conftest import REPO_ROOT
 from tests.dvc_project import BIN, DvcProject, tiny_params
 
@@ -37,10 +39,13 @@ def _params(**train_aclip) -> dict:
     return params
 
 
-def epoch_rows(path: Path) -> list[dict]:
-    """A run's epochs.tsv as dicts of strings (the values as logged)."""
-    with open(path) as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
+def epoch_rows(log_dir: Path) -> list[dict]:
+    """A run's epochs, as DVCLive logged them; each series must hold every step once."""
+    for name in SERIES:
+        with open(series_file(log_dir, name)) as handle:
+            steps = [int(row["step"]) for row in csv.DictReader(handle, delimiter="\t")]
+        assert steps == list(range(1, len(steps) + 1)), (name, steps)  # no repeat, no gap
+    return read_epochs(log_dir)
 
 
 def saved_epochs(state: Path) -> int:
@@ -91,7 +96,7 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cac
     assert "interrupted; rerun to resume after the last complete epoch" in stderr
     stopped_at = saved_epochs(stage.state)
     assert 1 <= stopped_at < EPOCHS
-    assert len(epoch_rows(stage.root / "logs/aclip/epochs.tsv")) in (stopped_at, stopped_at + 1)
+    assert len(epoch_rows(stage.root / "logs/aclip")) in (stopped_at, stopped_at + 1)
 
     stage.stop_after(stopped_at + 1, signal.SIGKILL)
     killed_at = saved_epochs(stage.state)
@@ -100,18 +105,18 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cac
 
     stderr = stage.finish()
     assert f"resuming after epoch {killed_at}" in stderr
-    resumed_rows = epoch_rows(stage.root / "logs/aclip/epochs.tsv")
-    whole_rows = epoch_rows(whole.root / "logs/aclip/epochs.tsv")
+    resumed_rows = epoch_rows(stage.root / "logs/aclip")
+    whole_rows = epoch_rows(whole.root / "logs/aclip")
     assert [int(r["epoch"]) for r in resumed_rows] == list(range(1, EPOCHS + 1))
     for resumed, uninterrupted in zip(resumed_rows, whole_rows, strict=True):
         assert {k: resumed[k] for k in SAME_TRAJECTORY} == \
             {k: uninterrupted[k] for k in SAME_TRAJECTORY}
     log = (stage.root / "logs/aclip/train.log").read_text()
     assert all(log.count(f"aclip epoch {epoch}:") == 1 for epoch in range(1, EPOCHS + 1))
-    metrics = [yaml.safe_load((s.root / "metrics/aclip/train.json").read_text())
-               for s in (stage, whole)]
-    assert metrics[0]["best_epoch"] == metrics[1]["best_epoch"]
-    assert metrics[0]["best_val_acc"] == metrics[1]["best_val_acc"]
+    summaries = [json.loads((s.root / "logs/aclip/metrics.json").read_text())
+                 for s in (stage, whole)]  # DVCLive's summary, the stage's metrics
+    assert [(m["step"], m["aclip"]["best_epoch"]) for m in summaries] == \
+        [(EPOCHS, summaries[1]["aclip"]["best_epoch"])] * 2
     resumed_weights, whole_weights = (
         torch.load(s.root / "models/aclip.pt", weights_only=True)["state_dict"]
         for s in (stage, whole))
@@ -143,7 +148,7 @@ def test_dvc_repro_resumes_an_interrupted_stage_and_retrains_a_changed_one(tmp_p
 
     output = project.dvc("repro", "train_clip")  # DVC deletes the outputs, then reruns
     assert f"resuming after epoch {stopped_at}" in output
-    rows = epoch_rows(tmp_path / "logs/clip/epochs.tsv")
+    rows = epoch_rows(tmp_path / "logs/clip")
     assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
     assert not state.parent.exists()
     assert project.changed_stages("train_clip") == set()
@@ -151,7 +156,7 @@ def test_dvc_repro_resumes_an_interrupted_stage_and_retrains_a_changed_one(tmp_p
     project.set_param("train_clip.lr", 2e-3)  # a finished stage whose params changed
     output = project.dvc("repro", "train_clip")
     assert "Running stage 'train_clip'" in output and "resuming" not in output
-    assert len(epoch_rows(tmp_path / "logs/clip/epochs.tsv")) == EPOCHS
+    assert len(epoch_rows(tmp_path / "logs/clip")) == EPOCHS
 
 
 def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp_path):

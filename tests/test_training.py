@@ -323,6 +323,5 @@ def test_no_training_step_or_model_selection_reads_the_test_split(small_cache, t
                         lambda cache, split: read.append(split) or original(cache, split))
     assert len(original(small_cache, "test")[1]) > 0  # there is a test split to leak
     train_stage.run("clip", TrainConfig(epochs=1, batch_size=32, device="cpu"), small_cache,
-                    tmp_path / "models", tmp_path / "logs", tmp_path / "metrics",
-                    tmp_path / "resume")
+                    tmp_path / "models", tmp_path / "logs", tmp_path / "resume")
     assert sorted(read) == ["train", "val"]

@@ -15,6 +15,7 @@ import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -207,10 +208,27 @@ def resident_cache_bytes(device: torch.device, *splits: CachedSplit) -> int:
     return sum(split.nbytes for split in splits if split.images.device == device)
 
 
+PROC_SELF = Path("/proc/self")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this epoch's peak: CUDA's allocator statistics, or on Linux the peak resident set
+    (VmHWM; getrusage's ru_maxrss would also count the memory of the process this one was
+    forked from, a 4 GB test runner say)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        (PROC_SELF / "clear_refs").write_text("5")
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory this epoch; on CPU, the process's peak resident set."""
+    """Peak accelerator memory since `reset_peak_memory`; on CPU, the peak resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        status = (PROC_SELF / "status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -455,8 +473,7 @@ class Trainer:
 
     def _epoch(self, epoch: int, describe: str) -> EpochRecord:
         config, device, world = self.config, self.device, self.world
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         started = time.perf_counter()
         refresh_time = world.reduce(self.refresh(epoch), "max")
         self.model.train()
@@ -514,8 +531,3 @@ def train(model: nn.Module, objective: Objective, train_split: CachedSplit,
     """Fine-tune `model` for config.epochs in this process alone (a fresh Trainer)."""
     return Trainer(model, objective, train_split, val_split, augment, config).fit(on_epoch,
                                                                                    describe)
-
-
-def record_row(record: EpochRecord) -> dict:
-    return {key: round(value, 6) if isinstance(value, float) else value
-            for key, value in asdict(record).items()}

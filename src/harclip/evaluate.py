@@ -7,11 +7,13 @@ compares with the study's table; the test split, which no training step and no m
 ever read, gives the honest figure. Uses all tokens, the deterministic view and the
 checkpoint's own preprocessing (input size, mean, std).
 
-Writes metrics/<name>/eval.json (only numbers, what `dvc metrics diff` compares: accuracy,
-macro-F1 and top-5 accuracy per split, and the untouched pretrained backbone's zero-shot
-accuracy, the epoch-0 baseline), metrics/<name>/report.json (class names, per-class accuracy,
-image counts) and metrics/<name>/predictions.csv (actual and predicted class per test image, or
-per val image without a test split: DVC's confusion plots read it).
+Writes metrics/<name>/eval.json (the few numbers `dvc metrics diff` and `dvc exp show`
+compare, under the model's name: val accuracy, and test accuracy, macro-F1 and top-5
+accuracy; on val without a test split), metrics/<name>/report.json (every score per split,
+per-class accuracy, class names, image counts and the untouched pretrained backbone's
+zero-shot accuracy, the epoch-0 baseline) and metrics/<name>/predictions.csv (actual and
+predicted class per test image, or per val image without a test split: DVC's confusion plots
+read it).
 """
 
 from __future__ import annotations
@@ -93,41 +95,49 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
     splits = {split: CachedSplit(*load_split(cache_dir, split), device)
               for split in ("val", "test")}
     splits = {split: data for split, data in splits.items() if len(data)}
-    metrics, report = {}, {"model": meta["model"], "checkpoint_epoch": meta["epoch"],
-                           "classes": class_names, "images": {}, "per_class_accuracy": {}}
+    scores, report = {}, {"model": meta["model"], "checkpoint_epoch": meta["epoch"],
+                          "classes": class_names, "images": {}, "per_class_accuracy": {}}
     for split, data in splits.items():
         labels = data.labels.cpu().numpy()
         if labels.max(initial=0) >= len(class_names):
             raise stage.StageError(f"{cache_dir}: labels up to {labels.max()} but {checkpoint} "
                                    f"knows {len(class_names)} classes; retrain on this cache")
         logits = predict_logits(model, data, config.batch_size, meta)
-        metrics[split], report["per_class_accuracy"][split] = \
+        scores[split], report["per_class_accuracy"][split] = \
             classification_metrics(labels, logits, class_names)
         report["images"][split] = len(labels)
         shown = (split, labels, logits.argmax(axis=1))  # the last: test when there is one
     train_config = TrainConfig(**{key: value for key, value in meta["params"].items()
                                   if key in TrainConfig.__dataclass_fields__})
-    report["pretrained"] = train_config.pretrained
+    report.update(pretrained=train_config.pretrained, scores=scores, predictions_split=shown[0])
     if config.zero_shot and train_config.pretrained:
-        metrics["zero_shot_accuracy"] = zero_shot_accuracy(train_config, class_names, splits,
-                                                           config.batch_size)
+        report["zero_shot_accuracy"] = zero_shot_accuracy(train_config, class_names, splits,
+                                                          config.batch_size)
+    metrics = headline(scores)
     out = metrics_dir / name
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "report.json").write_text(json.dumps({**report, "predictions_split": shown[0]},
-                                                indent=2) + "\n")
+    (out / "eval.json").write_text(json.dumps({name: metrics}, indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("actual", "predicted"))
         writer.writerows((class_names[a], class_names[p])
                          for a, p in zip(shown[1], shown[2], strict=True))
-    for split, scores in metrics.items():
-        if split in splits:
-            stage.log.info("evaluate %s on %s: accuracy %.3f, macro-F1 %.3f%s", name, split,
-                           scores["accuracy"], scores["macro_f1"],
-                           f", top-5 {scores['top5_accuracy']:.3f}"
-                           if "top5_accuracy" in scores else "")
+    for split, split_scores in scores.items():
+        stage.log.info("evaluate %s on %s: accuracy %.3f, macro-F1 %.3f%s", name, split,
+                       split_scores["accuracy"], split_scores["macro_f1"],
+                       f", top-5 {split_scores['top5_accuracy']:.3f}"
+                       if "top5_accuracy" in split_scores else "")
     return metrics
+
+
+def headline(scores: dict[str, dict]) -> dict:
+    """The numbers compared across experiments: val accuracy (the study's figure), and on the
+    held-out split (test, else val) accuracy, macro-F1 and top-5."""
+    held_out = "test" if "test" in scores else "val"
+    short = {"accuracy": "acc", "macro_f1": "f1", "top5_accuracy": "top5"}
+    return {"val_acc": scores["val"]["accuracy"],
+            **{f"{held_out}_{short[key]}": value for key, value in scores[held_out].items()}}
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
-from harclip import stage
+from harclip import records, stage
 from harclip.config import METHODS, PlotConfig, load_params
 
 LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
@@ -37,9 +37,12 @@ def _read(path: Path, stage_name: str) -> str:
 
 
 def read_epochs(logs_dir: Path, name: str) -> list[dict]:
-    text = _read(logs_dir / name / "epochs.tsv", f"train_{name}")
-    return [{key: float(value) for key, value in row.items()}
-            for row in csv.DictReader(text.splitlines(), delimiter="\t")]
+    """A model's epochs, from the per-series files DVCLive wrote during training."""
+    try:
+        return records.read_epochs(logs_dir / name)
+    except FileNotFoundError as err:
+        raise stage.StageError(f"{err}; the train_{name} stage makes it "
+                               f"(`dvc repro train_{name}`)") from err
 
 
 def read_json(path: Path, stage_name: str) -> dict:
@@ -162,16 +165,16 @@ def _percent(scores: dict, split: str, key: str = "accuracy") -> str:
     return "—" if value is None else f"{value:.1%}"
 
 
-def summary_table(train: dict[str, dict], evaluation: dict[str, dict]) -> str:
+def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
     """The study's summary columns (validation accuracy, as it reported), the held-out test
     accuracy, and steady-state speed and memory."""
     lines = ["| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | "
              "Peak Memory | Throughput | Test Macro-F1 | Test Top-5 | Zero-shot (test) |",
              "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: |"]
     for name, metrics in train.items():
-        scores = evaluation[name]
+        scores = reports[name]["scores"]
         held_out = "test" if "test" in scores else "val"
-        zero_shot = scores.get("zero_shot_accuracy", {})
+        zero_shot = reports[name].get("zero_shot_accuracy", {})
         refresh = metrics.get("mean_refresh_time_s", 0.0)
         lines.append(
             f"| **{LABELS[name]}** | {_percent(scores, 'val')} | {_percent(scores, 'test')} | "
@@ -189,10 +192,8 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
          metrics_dir: Path = Path("metrics"), out_dir: Path = Path("plots")) -> None:
     """Write every figure and table into `out_dir`."""
     epochs = {name: read_epochs(logs_dir, name) for name in METHODS}
-    train = {name: read_json(metrics_dir / name / "train.json", f"train_{name}")
+    train = {name: read_json(logs_dir / name / "run.json", f"train_{name}")
              for name in METHODS}
-    evaluation = {name: read_json(metrics_dir / name / "eval.json", f"evaluate@{name}")
-                  for name in METHODS}
     reports = {name: read_json(metrics_dir / name / "report.json", f"evaluate@{name}")
                for name in METHODS}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,7 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
     plot_speed_memory(train, hardware, out_dir / "compare_speed_memory.png", config.dpi)
     (out_dir / "epochs.md").write_text("\n".join(epochs_table(n, epochs[n]) for n in METHODS))
     (out_dir / "confusions.md").write_text("\n".join(confusions))
-    (out_dir / "summary.md").write_text(summary_table(train, evaluation)
+    (out_dir / "summary.md").write_text(summary_table(train, reports)
                                         + f"\nMeasured on {hardware}.\n")
     stage.log.info("plot: figures and tables in %s", out_dir)
 

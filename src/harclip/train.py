@@ -2,9 +2,9 @@
 
     python -m harclip.train clip      # reads params.yaml section train_clip
 
-Writes models/<name>.pt (the best-val-acc weights, with everything needed to use them),
-logs/<name>/epochs.tsv (one row per epoch, read by `dvc plots`), logs/<name>/train.log (the
-console's epoch lines) and metrics/<name>/train.json (the headline numbers).
+Writes models/<name>.pt (the best-val-acc weights, with everything needed to use them) and,
+in logs/<name>/, DVCLive's per-epoch series, params and summary (the stage's metrics), the
+console's epoch lines (train.log) and run.json (see `harclip.records`).
 
 A run keeps its state after every epoch in .harclip/resume/<name>/ (outside the stage's
 outputs, which DVC deletes before it reruns a stage): rerun after an interruption and it
@@ -16,7 +16,6 @@ itself under torchrun; only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -24,11 +23,12 @@ import random
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from dvclive import Live
 
 from harclip import distributed, stage
 from harclip.aclip import AclipObjective
@@ -41,7 +41,6 @@ from harclip.engine import (
     EpochRecord,
     Objective,
     Trainer,
-    record_row,
 )
 from harclip.har import CLASS_NAMES
 from harclip.hardware import describe
@@ -57,6 +56,7 @@ from harclip.models import (
     save_checkpoint,
 )
 from harclip.preprocess import CACHE_DIR, cache_classes, load_split
+from harclip.records import SERIES
 from harclip.stage import StageError
 
 RESUME_DIR = Path(".harclip/resume")
@@ -168,24 +168,27 @@ def best_so_far(checkpoint: Path) -> dict:
 
 
 class RunLog:
-    """Per-epoch outputs: the TSV DVC plots, the text log and the console summary line."""
+    """The run's record, written by rank 0: DVCLive's per-epoch series (step = epoch), params
+    and summary, the text log and the console's one line per epoch."""
 
-    def __init__(self, name: str, log_dir: Path) -> None:
+    def __init__(self, name: str, log_dir: Path, params: dict) -> None:
         self.name, self.log_dir = name, log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.tsv = log_dir / "epochs.tsv"
-        self.rows: list[dict] = []
+        # dvc.yaml declares the outputs, metrics and plots: DVCLive must not write its own.
+        self.live = Live(str(log_dir), dvcyaml=False, save_dvc_exp=False)
+        self.live.log_params(json.loads(json.dumps(params)))  # tuples as lists
         self.text = logging.FileHandler(log_dir / "train.log", mode="w")
         self.text.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         stage.log.addHandler(self.text)
 
-    def epoch(self, record: EpochRecord) -> None:
-        self.rows.append(record_row(record))
-        with open(self.tsv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(EpochRecord)],
-                                    delimiter="\t")
-            writer.writeheader()
-            writer.writerows(self.rows)
+    def epoch(self, record: EpochRecord, history: list[EpochRecord], best: dict) -> None:
+        """Log one epoch (a resumed run replays the epochs it restored, so each is logged
+        once and DVCLive's steps have no gap) and refresh the summary."""
+        self.live.step = record.epoch
+        for name, field in SERIES.items():
+            self.live.log_metric(name, round(getattr(record, field), 6))
+        self.live.summary = {self.name: headline(history, best)}
+        self.live.make_summary()
         refresh = f" (refresh {record.refresh_time_s:.1f} s)" if record.refresh_time_s else ""
         image_text = f", image-text {record.train_image_text_loss:.4f}" \
             if record.train_image_text_loss else ""
@@ -195,20 +198,35 @@ class RunLog:
             image_text, record.train_acc, record.val_loss, record.val_acc,
             record.epoch_time_s, refresh, record.images_per_s, record.peak_memory_mb, record.lr)
 
+    def finish(self, run: dict) -> None:
+        (self.log_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        self.live.end()
+
     def close(self) -> None:
         stage.log.removeHandler(self.text)
         self.text.close()
 
 
+def headline(history: list[EpochRecord], best: dict) -> dict:
+    """The summary `dvc exp show` lists per model (records.HEADLINE): the best epoch so far,
+    and the steady-state time per epoch, throughput and peak memory. Its val accuracy is
+    evaluate's (eval.json), on the same checkpoint."""
+    timing = timing_summary(history)
+    return {"best_epoch": best["epoch"],
+            "epoch_s": round(timing["mean_epoch_time_s"], 3),
+            "img_s": round(timing["mean_images_per_s"], 1),
+            "peak_mb": round(timing["peak_memory_mb"], 1)}
+
+
 def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
         models_dir: Path = Path("models"), logs_dir: Path = Path("logs"),
-        metrics_dir: Path = Path("metrics"), resume_dir: Path = RESUME_DIR) -> dict:
+        resume_dir: Path = RESUME_DIR) -> dict:
     """Train one model (resuming an interrupted run of the same params and data); write its
-    checkpoint, logs and metrics from rank 0 and return the metrics there (elsewhere {})."""
+    checkpoint and logs from rank 0 and return run.json's content there (elsewhere {})."""
     world = distributed.join(config.device)
     try:
         with run_lock(resume_dir / f"{name}.lock", f"train_{name}", world):
-            return _run(name, config, world, cache_dir, models_dir, logs_dir, metrics_dir,
+            return _run(name, config, world, cache_dir, models_dir, logs_dir,
                         resume_dir / name)
     finally:
         distributed.leave()
@@ -231,7 +249,7 @@ def run_lock(lock_file: Path, what: str, world: World) -> Iterator[None]:
 
 
 def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_dir: Path,
-         logs_dir: Path, metrics_dir: Path, work_dir: Path) -> dict:
+         logs_dir: Path, work_dir: Path) -> dict:
     seed_everything(config.seed)
     device = world.device
     if world.local_size != config.nprocs:
@@ -266,7 +284,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     elif world.is_main and work_dir.exists():
         shutil.rmtree(work_dir)
     best = best_so_far(best_path) if resumed is not None else {"val_acc": -1.0}
-    run_log = RunLog(name, logs_dir / name) if world.is_main else None
+    run_log = RunLog(name, logs_dir / name, asdict(config)) if world.is_main else None
     stage.log.info("%s: %s (pretrained: %s) on %s%s, %d train / %d val images, %d epochs",
                    name, config.model, config.pretrained, device,
                    f" × {world.size} processes" if world.size > 1 else "", len(train_split),
@@ -274,17 +292,18 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     if resumed is not None and world.is_main:
         stage.log.info("%s: resuming after epoch %d from %s", name, len(trainer.history),
                        state_path)
-        for record in trainer.history:
-            run_log.epoch(record)
+        for done in range(1, len(trainer.history) + 1):
+            history = trainer.history[:done]
+            run_log.epoch(history[-1], history, best_of(history))
 
     def on_epoch(record: EpochRecord) -> None:
         if not world.is_main:
             return
-        run_log.epoch(record)
         if record.val_acc > best["val_acc"]:
             best.update(val_acc=record.val_acc, epoch=record.epoch)
             save_checkpoint(best_path, model, config.model, class_names, {
                 "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
+        run_log.epoch(record, trainer.history, best)
         save_resume_state(state_path, fingerprint, trainer)
 
     try:
@@ -302,7 +321,8 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     checkpoint = models_dir / f"{name}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     best_path.replace(checkpoint)
-    metrics = {
+    summary = {
+        "model": config.model, "pretrained": config.pretrained,
         "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
         "final_val_acc": history[-1].val_acc, "final_train_acc": history[-1].train_acc,
         **timing_summary(history),
@@ -314,12 +334,18 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
         "processes": world.size,
         "hardware": describe(),
     }
-    (metrics_dir / name).mkdir(parents=True, exist_ok=True)
-    (metrics_dir / name / "train.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    run_log.finish(summary)
     shutil.rmtree(work_dir)
     stage.log.info("%s: best val acc %.3f at epoch %d, checkpoint %s", name,
-                   metrics["best_val_acc"], metrics["best_epoch"], checkpoint)
-    return metrics
+                   summary["best_val_acc"], summary["best_epoch"], checkpoint)
+    return summary
+
+
+def best_of(history: list[EpochRecord]) -> dict:
+    """The best epoch among `history` as training chose it: the first with the highest val
+    acc (a resumed run replays its restored epochs with it)."""
+    top = max(history, key=lambda record: record.val_acc)
+    return {"val_acc": top.val_acc, "epoch": top.epoch}
 
 
 def section(params: Params, name: str) -> TrainConfig:
@@ -328,8 +354,7 @@ def section(params: Params, name: str) -> TrainConfig:
 
 def main() -> None:
     cli = stage.parser("Fine-tune one model (its params section is train_<method>) on "
-                       "data/cache; write models/<method>.pt, logs/<method>/ and "
-                       "metrics/<method>/train.json.")
+                       "data/cache; write models/<method>.pt and logs/<method>/ (DVCLive).")
     cli.add_argument("method", choices=METHODS, help="which training stage to run")
     cli.add_argument("--cache", type=Path, default=CACHE_DIR, help="input (%(default)s)")
     args = cli.parse_args()
