@@ -28,8 +28,10 @@ results: repro
 lint: venv
 	ruff check src tests benchmarks
 
+# Both of CI's cores, one test file per worker (module fixtures are built once); the slowest
+# tests are listed so a slow addition shows in CI's log.
 test: lint
-	pytest
+	pytest -n 2 --dist loadfile --durations=15
 
 bench: venv
 	python benchmarks/preprocess_bench.py

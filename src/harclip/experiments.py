@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harclip.config import METHODS, section_names
+from harclip.config import METHODS, load_params, section_names
 
 LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
 ABLATION = [  # (label, saliency, keep ratio)
@@ -54,9 +54,16 @@ def queue_seeds(seeds: list[int], jobs: int) -> None:
 
 
 def queue_ablation(seeds: list[int], jobs: int) -> None:
-    """Queue the A-CLIP stage at every (token choice, keep ratio) and seed, then start."""
+    """Queue the A-CLIP stage at every (token choice, keep ratio) and seed, then start; the
+    run params.yaml itself describes is the commit's own and is not queued again."""
+    aclip = load_params().train_aclip
+    own = (aclip.aclip.saliency, aclip.aclip.keep_ratio, aclip.seed)
     for _, saliency, keep in ABLATION:
         for seed in seeds:
+            if (saliency, keep, seed) == own:
+                print(f"saliency={saliency} keep_ratio={keep} seed={seed}: params.yaml's own "
+                      "run (the commit's results), not queued")
+                continue
             _dvc("exp", "run", "--queue", "--name", f"abl-{saliency}-{keep}-s{seed}",
                  "-S", f"train_aclip.aclip.saliency={saliency}",
                  "-S", f"train_aclip.aclip.keep_ratio={keep}",
@@ -118,8 +125,10 @@ def seeds_table(rows: list[dict]) -> tuple[str, dict]:
     rows = varying_only(rows, {f"train_{method}.seed" for method in METHODS})
     found = {}
     for method in METHODS:
-        runs = {value(row, f"train_{method}.seed"): row for row in rows
-                if value(row, f"{method}.test_acc") is not None}
+        runs: dict = {}
+        for row in rows:  # one run per seed, as in the ablation
+            if value(row, f"{method}.test_acc") is not None:
+                runs.setdefault(value(row, f"train_{method}.seed"), row)
         found[method] = {
             "seeds": sorted(int(s) for s in runs),
             "test_acc": [value(r, f"{method}.test_acc") for r in runs.values()],
@@ -139,16 +148,16 @@ def ablation_table(rows: list[dict]) -> tuple[str, dict]:
     mean ± std over seeds."""
     rows = varying_only(rows, {"train_aclip.seed", "train_aclip.aclip.saliency",
                                "train_aclip.aclip.keep_ratio"})
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
+    groups: dict[tuple, dict] = defaultdict(dict)
+    for row in rows:  # one run per seed: the first (the commit, then the newest) counts
         key = (value(row, "train_aclip.aclip.saliency"), value(row, "train_aclip.aclip.keep_ratio"))
         if value(row, "aclip.test_acc") is not None:
-            groups[key].append(row)
+            groups[key].setdefault(value(row, "train_aclip.seed"), row)
     found, lines = {}, ["| Tokens the student sees | Keep ratio | Seeds | Test accuracy (%) | "
                         "Val accuracy (%) | Time per epoch (s) |",
                         "| :-- | :-: | :-: | :-: | :-: | :-: |"]
     for label, saliency, keep in ABLATION:
-        runs = groups.get((saliency, keep), [])
+        runs = list(groups.get((saliency, keep), {}).values())
         if not runs:
             continue
         entry = {"label": label, "keep": keep, "seeds": len(runs),

@@ -1,0 +1,81 @@
+"""The sweep reports: rows shaped like `dvc.api.exp_show`'s, collected into mean ± std tables
+(the queueing itself runs through `dvc exp run --queue`, exercised by the workflow test)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from harclip import experiments
+from harclip.config import load_params
+from tests.conftest import REPO_ROOT
+
+
+def _params_row() -> dict:
+    """params.yaml's values as exp_show's columns: `section.key`, nested keys dotted."""
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        else:
+            flat[prefix] = value
+
+    for section, body in yaml.safe_load((REPO_ROOT / "params.yaml").read_text()).items():
+        walk(section, body)
+    return flat
+
+
+def _run(metrics: dict, params: dict, typ="branch_commit", prefix="") -> dict:
+    """One finished experiment; `prefix` is the file path exp_show puts before a metric's
+    name where two files share it."""
+    return {"rev": "abc", "typ": typ, "State": "Success", **_params_row(), **params,
+            **{f"{prefix}{name}": v for name, v in metrics.items()}}
+
+
+def _aclip(saliency, keep, seed, test_acc, typ="branch_commit"):
+    return _run({"aclip.test_acc": test_acc, "aclip.val_acc": test_acc, "aclip.epoch_s": 10.0},
+                {"train_aclip.aclip.saliency": saliency, "train_aclip.aclip.keep_ratio": keep,
+                 "train_aclip.seed": seed}, typ)
+
+
+def test_ablation_table_groups_by_token_choice_with_one_run_per_seed():
+    baseline = _aclip("teacher", 0.75, 0, 0.50, typ="baseline")
+    rows = [baseline,
+            _aclip("teacher", 0.75, 1, 0.54), _aclip("teacher", 0.75, 0, 0.99),  # seed 0 again
+            _aclip("random", 0.5, 0, 0.40), _aclip("random", 0.5, 1, 0.44)]
+    other_sweep = _aclip("random", 0.5, 2, 0.10)
+    other_sweep["train_aclip.epochs"] = 3  # a run of another sweep: not this ablation's
+    table, found = experiments.ablation_table([*rows, other_sweep])
+    teacher, flip = found[("teacher", 0.75)], found[("random", 0.5)]
+    assert teacher["test_acc"] == [0.50, 0.54]  # the commit's seed 0, not the repeat
+    assert flip["test_acc"] == [0.40, 0.44] and flip["seeds"] == 2
+    assert "| random (FLIP) | 0.5 | 2 | 42.0 ± 2.8 |" in table
+    assert "| attentive, teacher every step | 0.75 | 2 | 52.0 ± 2.8 |" in table
+    assert set(found) == {("teacher", 0.75), ("random", 0.5)}
+
+
+def test_seeds_table_reads_metric_columns_prefixed_with_their_file():
+    rows = [_run({f"{m}.{k}": acc for m in ("clip", "sglip", "aclip")
+                  for k in ("test_acc", "val_acc", "epoch_s")},
+                 {f"train_{m}.seed": seed for m in ("clip", "sglip", "aclip")},
+                 "baseline" if seed == 0 else "branch_commit", prefix="metrics/x/eval.json:")
+            for seed, acc in ((0, 0.5), (1, 0.6), (2, 0.7))]
+    table, found = experiments.seeds_table(rows)
+    assert found["sglip"]["seeds"] == [0, 1, 2]
+    assert found["clip"]["test_acc"] == pytest.approx([0.5, 0.6, 0.7])
+    assert "| **A-CLIP** | 0, 1, 2 | 60.0 ± 10.0 | 60.0 ± 10.0 | 0.6 ± 0.1 |" in table
+
+
+def test_the_ablation_skips_the_run_params_yaml_already_is(monkeypatch):
+    queued = []
+    monkeypatch.setattr(experiments, "_dvc", lambda *args: queued.append(args))
+    monkeypatch.setattr(experiments, "load_params", lambda: load_params(REPO_ROOT / "params.yaml"))
+    experiments.queue_ablation([0, 1], jobs=1)
+    runs = [a for a in queued if a[0] == "exp"]
+    own = load_params(REPO_ROOT / "params.yaml").train_aclip
+    names = [a[a.index("--name") + 1] for a in runs]
+    assert len(runs) == 2 * len(experiments.ABLATION) - 1
+    assert f"abl-{own.aclip.saliency}-{own.aclip.keep_ratio}-s{own.seed}" not in names
+    assert queued[-1] == ("queue", "start", "-j", "1")
