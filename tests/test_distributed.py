@@ -81,7 +81,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", train.METHODS)
+@pytest.mark.parametrize("method", ["sglip", "aclip"])  # CLIP's path is A-CLIP's unmasked
 def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp_path,
                                                                   method):
     torch.set_num_threads(1)

@@ -5,6 +5,7 @@ lost."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import io
 import os
@@ -26,7 +27,13 @@ from PIL import Image
 from harclip import download as dl
 from harclip import preprocess as pp
 from harclip import stage
-from harclip.config import DownloadConfig, PreprocessConfig, TrainConfig
+from harclip.config import (
+    ConfigError,
+    DownloadConfig,
+    PreprocessConfig,
+    TrainConfig,
+    load_params,
+)
 from harclip.har import CLASS_NAMES, read_labels_csv, write_labels_csv
 from harclip.models import load_checkpoint, save_checkpoint
 from harclip.predict import predict
@@ -279,9 +286,14 @@ def test_an_incomplete_checkpoint_names_what_it_lacks(tmp_path):
         load_checkpoint(tmp_path / "m.pt")
 
 
-@pytest.mark.parametrize("args", [["--top-k", "-1"], ["--top-k", "0"], ["--batch-size", "0"]])
-def test_predict_refuses_nonsense_counts_in_one_line(tmp_path, args):
-    result = _python("-m", "harclip.predict", "--model", "m.pt", "x.jpg", *args, cwd=tmp_path)
+def test_predict_refuses_nonsense_counts_in_one_line(tmp_path):
+    for text in ("-1", "0", "three"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a whole number of at "
+                                                             "least 1"):
+            stage.positive_int(text)
+    assert stage.positive_int("3") == 3
+    result = _python("-m", "harclip.predict", "--model", "m.pt", "x.jpg", "--top-k", "-1",
+                     cwd=tmp_path)  # the command line uses it: one line, no traceback
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "expected a whole number of at least 1" in result.stderr
 
@@ -336,8 +348,10 @@ def test_an_empty_or_section_less_params_file_is_an_error(tmp_path, small_cache)
     for text, word in (("", "empty"), ("# only a comment\n", "empty"),
                        ("train_clip:\n  epochs: 1\n", "incomplete")):
         (tmp_path / "params.yaml").write_text(text)
-        result = _python("-m", "harclip.train", "clip", "--cache", str(small_cache),
-                         cwd=tmp_path)
-        assert result.returncode == 2
-        _one_line_error(result.stderr, f"params.yaml: {word}: missing section(s) download")
-        assert not (tmp_path / "models").exists()
+        with pytest.raises(ConfigError, match=f"params.yaml: {word}: missing section"):
+            load_params(tmp_path / "params.yaml")
+    # A stage run on it: one line, before any work.
+    result = _python("-m", "harclip.train", "clip", "--cache", str(small_cache), cwd=tmp_path)
+    assert result.returncode == 2
+    _one_line_error(result.stderr, "params.yaml: incomplete: missing section(s) download")
+    assert not (tmp_path / "models").exists()

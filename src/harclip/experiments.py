@@ -29,14 +29,14 @@ import numpy as np
 from harclip.config import METHODS, load_params, section_names
 
 LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
-ABLATION = [  # (label, saliency, keep ratio)
-    ("attentive, teacher every step", "teacher", 0.5),
+ABLATION = [  # (label, saliency, keep ratio), in the order they are queued
     ("attentive, teacher every step", "teacher", 0.75),
-    ("attentive, cached saliency", "cached", 0.5),
-    ("attentive, cached saliency", "cached", 0.75),
-    ("random (FLIP)", "random", 0.5),
     ("random (FLIP)", "random", 0.75),
     ("all tokens", "random", 1.0),
+    ("attentive, cached saliency", "cached", 0.75),
+    ("attentive, teacher every step", "teacher", 0.5),
+    ("random (FLIP)", "random", 0.5),
+    ("attentive, cached saliency", "cached", 0.5),
 ]
 """Full-token training needs no saliency: `random` at keep ratio 1.0 keeps every token."""
 
@@ -46,19 +46,25 @@ def _dvc(*args: str) -> None:
 
 
 def queue_seeds(seeds: list[int], jobs: int) -> None:
-    """Queue every model at each seed (the same seed for the three), then start the queue."""
+    """Queue every model at each seed (the same seed for the three), then start the queue
+    (`jobs` 0: queue only)."""
     for seed in seeds:
         sets = [arg for method in METHODS for arg in ("-S", f"train_{method}.seed={seed}")]
         _dvc("exp", "run", "--queue", "--name", f"seed-{seed}", *sets)
-    _dvc("queue", "start", "-j", str(jobs))
+    if jobs:
+        _dvc("queue", "start", "-j", str(jobs))
 
 
-def queue_ablation(seeds: list[int], jobs: int) -> None:
-    """Queue the A-CLIP stage at every (token choice, keep ratio) and seed, then start; the
-    run params.yaml itself describes is the commit's own and is not queued again."""
+def queue_ablation(seeds: list[int], jobs: int,
+                   keep_ratios: tuple[float, ...] = (0.75, 0.5)) -> None:
+    """Queue the A-CLIP stage at every (token choice, keep ratio) and seed, then start (`jobs`
+    0: queue only); all tokens (keep 1.0) always. The run params.yaml itself describes is the
+    commit's own and is not queued again."""
     aclip = load_params().train_aclip
     own = (aclip.aclip.saliency, aclip.aclip.keep_ratio, aclip.seed)
     for _, saliency, keep in ABLATION:
+        if keep not in (*keep_ratios, 1.0):
+            continue
         for seed in seeds:
             if (saliency, keep, seed) == own:
                 print(f"saliency={saliency} keep_ratio={keep} seed={seed}: params.yaml's own "
@@ -68,7 +74,8 @@ def queue_ablation(seeds: list[int], jobs: int) -> None:
                  "-S", f"train_aclip.aclip.saliency={saliency}",
                  "-S", f"train_aclip.aclip.keep_ratio={keep}",
                  "-S", f"train_aclip.seed={seed}")
-    _dvc("queue", "start", "-j", str(jobs))
+    if jobs:
+        _dvc("queue", "start", "-j", str(jobs))
 
 
 def value(row: dict, name: str):
@@ -79,12 +86,12 @@ def value(row: dict, name: str):
     return next((v for k, v in row.items() if k.endswith(f":{name}")), None)
 
 
-def finished_runs() -> list[dict]:
-    """The current commit and its finished experiments (not the workspace, which repeats one
-    of them), as `dvc.api.exp_show` rows; the commit first."""
+def finished_runs(rev: str | None = None) -> list[dict]:
+    """A commit (the current one by default) and its finished experiments (not the
+    workspace, which repeats one of them), as `dvc.api.exp_show` rows; the commit first."""
     import dvc.api
 
-    rows = [row for row in dvc.api.exp_show()
+    rows = [row for row in dvc.api.exp_show(revs=rev)
             if row.get("rev") != "workspace" and row.get("State") in (None, "Success")]
     return sorted(rows, key=lambda row: row.get("typ") != "baseline")
 
@@ -193,8 +200,8 @@ def ablation_figure(found: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def report(kind: str, out: Path) -> str:
-    rows = finished_runs()
+def report(kind: str, out: Path, rev: str | None = None) -> str:
+    rows = finished_runs(rev)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "seeds":
         table, _ = seeds_table(rows)
@@ -215,17 +222,23 @@ def main() -> None:
         command = commands.add_parser(name, help=text)
         command.add_argument("--seeds", type=int, nargs="+", required=True)
         command.add_argument("--jobs", type=int, default=1,
-                             help="experiments run at once (dvc queue start -j)")
+                             help="experiments run at once (dvc queue start -j); 0: queue "
+                                  "only, to start the queue once after queueing both sweeps")
+    commands.choices["ablation"].add_argument(
+        "--keep-ratios", type=float, nargs="+", default=[0.75, 0.5],
+        help="keep ratios of the masked runs (all tokens, 1.0, always)")
     collect = commands.add_parser("report", help="table and figure of finished experiments")
     collect.add_argument("kind", choices=("seeds", "ablation"))
     collect.add_argument("--out", type=Path, default=Path("docs/results"))
+    collect.add_argument("--rev", help="the commit the experiments were run on (default: "
+                                       "the current one)")
     args = cli.parse_args()
     if args.command == "seeds":
         queue_seeds(args.seeds, args.jobs)
     elif args.command == "ablation":
-        queue_ablation(args.seeds, args.jobs)
+        queue_ablation(args.seeds, args.jobs, tuple(args.keep_ratios))
     else:
-        sys.stdout.write(report(args.kind, args.out))
+        sys.stdout.write(report(args.kind, args.out, args.rev))
 
 
 if __name__ == "__main__":
