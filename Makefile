@@ -28,10 +28,10 @@ results: repro
 lint: venv
 	ruff check src tests benchmarks
 
-# Both of CI's cores, one test file per worker (module fixtures are built once); the slowest
-# tests are listed so a slow addition shows in CI's log.
+# Both of CI's cores (an idle worker takes tests queued for the other); the slowest tests are
+# listed so a slow addition shows in CI's log.
 test: lint
-	pytest -n 2 --dist loadfile --durations=15
+	pytest -n 2 --dist worksteal --durations=15
 
 bench: venv
 	python benchmarks/preprocess_bench.py

@@ -189,8 +189,13 @@ def evaluate_and_predict(ws: Workspace, device: torch.device) -> list[Check]:
     for index in range(8):
         Image.fromarray(np.asarray(images[index]).transpose(1, 2, 0)).save(folder / f"{index}.png")
     for method in written[:1]:
-        model, meta = load_checkpoint(models / f"{method}.pt")
-        predicted, skipped = predict(model, meta, image_files([folder]), device=device)
+        try:
+            model, meta = load_checkpoint(models / f"{method}.pt")
+            predicted, skipped = predict(model, meta, image_files([folder]), device=device)
+        except Exception as err:
+            checks.append(Check(f"predict with {method}.pt", False,
+                                f"{type(err).__name__}: {err}"))
+            continue
         ok = len(predicted) == 8 and not skipped and \
             all(set(p.labels) <= set(CLASS_NAMES) for p in predicted)
         checks.append(Check(f"predict with {method}.pt", ok,
@@ -312,7 +317,11 @@ def main() -> int:
         ws.write_params(params)
         checks, figures = train_stages(ws)
         checks += evaluate_and_predict(ws, device)
-        syncs = syncs_per_step(params, ws.root / "data" / "cache", device)
+        try:  # a phase that breaks is a failed check, not a lost report
+            syncs = syncs_per_step(params, ws.root / "data" / "cache", device)
+        except Exception as err:
+            syncs = {}
+            checks.append(Check("host syncs per step", False, f"{type(err).__name__}: {err}"))
         checks += [Check(f"train_{m}: no host sync in a steady step", n == 0, f"{n:g} per step")
                    for m, n in syncs.items()]
         checks += data_parallel(ws, params)

@@ -169,6 +169,19 @@ def test_dual_loss_trains_the_student_on_the_kept_tokens(saliency):
     assert seen[-1] == 65
 
 
+def test_a_clip_without_the_image_text_term_trains_on_masking_alone():
+    """λ = 0 with a random head builds no text encoder; the step must not need one."""
+    torch.manual_seed(0)
+    config = AclipTrainConfig(contrastive_weight=0.0, head_init="random")
+    model, prompts = build_model(config)
+    assert prompts is None
+    objective = AclipObjective(model, prompts, config.aclip, config.contrastive_weight)
+    loss, _, (cross_entropy, image_text) = objective.loss(model, _epoch_batch(model, objective))
+    loss.backward()
+    assert loss == cross_entropy and image_text == 0
+    assert model.clip.visual.conv1.weight.grad is not None
+
+
 def test_cached_saliency_follows_each_crops_geometry():
     model, objective = _objective("cached")
     batch = _epoch_batch(model, objective, count=8, whole_image_crops=True)

@@ -92,3 +92,27 @@ def test_real_sample_images(checkpoint, har_sample):
     model, meta = load_checkpoint(checkpoint)
     predictions, skipped = predict(model, meta, files, top_k=1, batch_size=8)
     assert skipped == [] and len(predictions) == 20
+
+
+def test_predict_computes_as_the_evaluate_stage_does(checkpoint, tmp_path, monkeypatch):
+    """The same checkpoint gives the same probabilities in `predict` and in `evaluate`, under
+    the autocast a GPU would use (bf16, here on the CPU)."""
+    from harclip import evaluate
+    from harclip import predict as predict_module
+    from harclip.engine import CachedSplit
+    from harclip.preprocess import decode
+
+    bf16 = lambda precision, device: torch.bfloat16  # noqa: E731
+    monkeypatch.setattr(evaluate, "autocast_dtype", bf16)
+    monkeypatch.setattr(predict_module, "autocast_dtype", bf16)
+    files = [f for f in image_files([_images(tmp_path / "photos")]) if f.suffix != ".txt"]
+    model, meta = load_checkpoint(checkpoint)
+    predictions, _ = predict(model, meta, files, top_k=len(CLASS_NAMES), batch_size=8)
+    arrays = np.stack([decode(f.read_bytes(), meta["image_size"], "crop") for f in files])
+    split = CachedSplit(arrays, np.zeros(len(files)), torch.device("cpu"))
+    logits = evaluate.predict_logits(model, split, 8, meta)
+    expected = torch.from_numpy(logits).softmax(dim=1)
+    for row, p in zip(expected, predictions, strict=True):
+        by_name = dict(zip(p.labels, p.probabilities, strict=True))
+        got = torch.tensor([by_name[name] for name in CLASS_NAMES])
+        assert torch.allclose(got, row, atol=1e-6), (got - row).abs().max()

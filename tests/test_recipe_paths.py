@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import SigLipLoss
 
-from harclip import evaluate, stage, train
+from harclip import evaluate, hardware, stage, train
 from harclip.aclip import AclipObjective, select_tokens
 from harclip.augment import DeviceAugment
 from harclip.config import AclipConfig, AclipTrainConfig, EvaluateConfig, TrainConfig
@@ -28,6 +28,7 @@ from harclip.engine import (
     Trainer,
     effective_batches,
     predict,
+    resident_cache_bytes,
 )
 from harclip.har import CLASS_NAMES
 from harclip.models import (
@@ -303,3 +304,24 @@ def test_steady_state_time_leaves_the_first_epoch_out():
     assert summary["mean_refresh_time_s"] == 0.25 and summary["peak_memory_mb"] == 7.0
     assert summary["mean_images_per_s"] == pytest.approx((50 + 25) / 2)
     assert json.dumps(summary)
+
+
+def test_a_gpu_is_resolved_with_its_index(monkeypatch):
+    """Tensors moved to `cuda` report `cuda:0`, which does not equal `cuda`: a device without
+    its index made a single-GPU run take the host path for a cache already on the GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert torch.device("cuda") != torch.device("cuda", 0)
+    for name in ("auto", "cuda", "cuda:0"):
+        assert hardware.resolve_device(name) == torch.device("cuda", 0)
+    assert hardware.resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_a_resident_cache_is_indexed_where_it_lies_whatever_the_devices_name():
+    """The same mismatch on the CPU (`cpu:0` is not `cpu`): batches come from the resident
+    cache, with no pinned host copy, and its bytes are taken off the peak."""
+    images = np.zeros((4, 3, 8, 8), dtype=np.uint8)
+    split = CachedSplit(images, np.arange(4), torch.device("cpu", 0))
+    assert split.resident and resident_cache_bytes(split) == images.nbytes
+    batch, labels = next(split.batches(torch.arange(4), 4))  # pinning would need CUDA
+    assert batch.shape == (4, 3, 8, 8) and labels.tolist() == [0, 1, 2, 3]

@@ -29,6 +29,7 @@ from tests.dvc_project import BIN, DvcProject, tiny_params
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
+CPU = torch.device("cpu")
 SAME_TRAJECTORY = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
@@ -168,20 +169,22 @@ def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp
                       CachedSplit(*load_split(small_cache, "train"), ALONE.device),
                       CachedSplit(*load_split(small_cache, "val"), ALONE.device), None, config)
     state = tmp_path / "state.pt"
-    fingerprint = train.run_fingerprint(config, small_cache)
+    fingerprint = train.run_fingerprint(config, small_cache, CPU)
     train.save_resume_state(state, fingerprint, trainer)
 
-    def resumable(changed) -> bool:
-        return train.load_resume_state(state, train.run_fingerprint(changed, small_cache)) \
-            is not None
+    def resumable(changed, device=CPU) -> bool:
+        return train.load_resume_state(
+            state, train.run_fingerprint(changed, small_cache, device)) is not None
 
     assert resumable(config)
     assert resumable(replace(config, nprocs=2, log_every=1))  # the trajectory ignores these
     assert not resumable(replace(config, lr=2e-3))
     assert not resumable(replace(config, aclip=replace(config.aclip, keep_ratio=0.5)))
+    assert not resumable(config, torch.device("cuda", 0))  # a CPU run's random streams
     other_data = tmp_path / "cache"
     other_data.mkdir()
     (other_data / "manifest.csv").write_text("split,row,file,label,sha256\n")
-    assert train.load_resume_state(state, train.run_fingerprint(config, other_data)) is None
+    assert train.load_resume_state(state, train.run_fingerprint(config, other_data, CPU)) \
+        is None
     state.write_bytes(b"truncated")
     assert not resumable(config)

@@ -123,8 +123,11 @@ class ContrastiveObjective(Objective):
         features = self.image_features(model, batch)
         logits = model.head(features)
         cross_entropy = F.cross_entropy(logits, batch.labels)
-        image_text = class_text_loss(features, self.prompts(model.clip), batch.labels,
-                                     model.clip)
+        if self.weight:
+            image_text = class_text_loss(features, self.prompts(model.clip), batch.labels,
+                                         model.clip)
+        else:  # A-CLIP with λ = 0: masking alone, no text tower to run (nor, maybe, built)
+            image_text = cross_entropy.new_zeros(())
         return (cross_entropy + self.weight * image_text, logits,
                 torch.stack([cross_entropy.detach(), image_text.detach()]))
 
@@ -175,6 +178,9 @@ class CachedSplit:
         fits = device.type == "cuda" and \
             array.numel() < device_fraction * torch.cuda.mem_get_info(device)[0]
         self.images = array.to(device) if fits else array
+        self.resident = fits or device.type != "cuda"
+        """Whether batches are indexed where the images are (the GPU, or a CPU run's RAM),
+        rather than gathered on the host and uploaded."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -195,7 +201,7 @@ class CachedSplit:
         for start in range(0, len(order), size):
             index = order[start:start + size]
             on_device = index.to(self.device, non_blocking=True)
-            if self.images.device == self.device:
+            if self.resident:
                 images = self.images[on_device]
             else:  # indexing copies the batch; pinning that copy makes the upload async
                 images = self.images[index].pin_memory().to(self.device, non_blocking=True)
@@ -203,9 +209,10 @@ class CachedSplit:
                 (images, self.labels[on_device])
 
 
-def resident_cache_bytes(device: torch.device, *splits: CachedSplit) -> int:
-    """Bytes of the image cache held where `device`'s peak memory is measured."""
-    return sum(split.nbytes for split in splits if split.images.device == device)
+def resident_cache_bytes(*splits: CachedSplit) -> int:
+    """Bytes of the image cache held where the run's peak memory is measured (the GPU's
+    memory, or a CPU run's resident set)."""
+    return sum(split.nbytes for split in splits if split.resident)
 
 
 PROC_SELF = Path("/proc/self")
@@ -386,7 +393,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.crops = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.cache_bytes = resident_cache_bytes(self.device, train_split, val_split)
+        self.cache_bytes = resident_cache_bytes(train_split, val_split)
         self.step = 0
         self.history: list[EpochRecord] = []
         self.train_step: nn.Module = TrainStep(model, objective)

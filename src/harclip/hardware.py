@@ -29,10 +29,14 @@ def describe() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` means, a GPU always with its index: tensors moved to
+    `torch.device("cuda")` report `cuda:0`, and the two do not compare equal."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StageError(f"device {name!r} asked for, but no CUDA GPU is visible; "
                          f"set device: auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -24,6 +24,7 @@ import torch
 
 from harclip import stage
 from harclip.augment import DeviceAugment
+from harclip.engine import autocast, autocast_dtype
 from harclip.hardware import resolve_device
 from harclip.models import HarClassifier, load_checkpoint
 from harclip.preprocess import BadImage, decode
@@ -75,7 +76,9 @@ def predict(model: HarClassifier, meta: dict, files: list[Path], top_k: int = 3,
 
     def flush() -> None:
         images = torch.from_numpy(np.stack([array for _, array in batch])).to(device)
-        probabilities = model(augment.eval(images)).float().softmax(dim=1).cpu()
+        with autocast(device, autocast_dtype("auto", device)):  # as the evaluate stage
+            logits = model(augment.eval(images))
+        probabilities = logits.float().softmax(dim=1).cpu()
         best = probabilities.topk(k, dim=1)
         predictions.extend(
             Prediction(str(path), [names[i] for i in indices.tolist()], values.tolist())

@@ -107,11 +107,14 @@ def build_objective(config: TrainConfig, model: HarClassifier,
     return Objective()
 
 
-def run_fingerprint(config: TrainConfig, cache_dir: Path) -> str:
+def run_fingerprint(config: TrainConfig, cache_dir: Path, device: torch.device) -> str:
     """What a resumed run must share with the interrupted one: its params (but those in
-    RESUME_INDEPENDENT) and its data (the cache's manifest of file hashes, or its labels)."""
+    RESUME_INDEPENDENT), its data (the cache's manifest of file hashes, or its labels) and the
+    kind of device (`device: auto` on a GPU and on a CPU are different runs: their random
+    streams are of different generators)."""
     digest = hashlib.sha256()
     params = {k: v for k, v in asdict(config).items() if k not in RESUME_INDEPENDENT}
+    params["device_type"] = device.type
     digest.update(json.dumps(params, sort_keys=True).encode())
     manifest = cache_dir / "manifest.csv"
     for path in [manifest] if manifest.is_file() else sorted(cache_dir.glob("*_labels.npy")):
@@ -271,7 +274,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     train_split = CachedSplit(train_images, train_labels, device)
     val_split = CachedSplit(val_images, val_labels, device)
     trainer = Trainer(model, objective, train_split, val_split, augment, config, world)
-    fingerprint = run_fingerprint(config, cache_dir)
+    fingerprint = run_fingerprint(config, cache_dir, device)
     state_path, best_path = work_dir / "state.pt", work_dir / "best.pt"
     resumed = load_resume_state(state_path, fingerprint) \
         if best_path.is_file() else None  # each epoch writes best.pt before the state
