@@ -295,15 +295,38 @@ def test_open_clips_root_logger_chatter_stays_out_of_stage_logs(caplog):
     assert not [r for r in caplog.records if "pretrained weights" in r.getMessage()]
 
 
-def test_steady_state_time_leaves_the_first_epoch_out():
+def test_steady_state_time_leaves_the_first_epoch_of_each_process_out():
+    """The run's first epoch and a resumed run's first (epoch 3 here) compile again."""
     records = [types.SimpleNamespace(epoch_time_s=t, refresh_time_s=r, images_per_s=100 / t,
-                                     peak_memory_mb=m)
-               for t, r, m in ((30.0, 1.0, 5.0), (2.0, 0.5, 7.0), (4.0, 0.0, 6.0))]
+                                     peak_memory_mb=m, warm_up=w)
+               for t, r, m, w in ((30.0, 1.0, 5.0, True), (2.0, 0.5, 7.0, False),
+                                  (25.0, 0.5, 6.0, True), (4.0, 0.0, 6.0, False))]
     summary = train.timing_summary(records)
     assert summary["mean_epoch_time_s"] == 3.0 and summary["first_epoch_time_s"] == 30.0
     assert summary["mean_refresh_time_s"] == 0.25 and summary["peak_memory_mb"] == 7.0
     assert summary["mean_images_per_s"] == pytest.approx((50 + 25) / 2)
     assert json.dumps(summary)
+
+
+def test_each_process_marks_its_first_epoch_as_warm_up(small_cache):
+    config = TrainConfig(epochs=3, batch_size=64, device="cpu")
+    model, prompts = train.build_model(config)
+    images, labels = load_split(small_cache, "train")
+    split = CachedSplit(images[:64], labels[:64], CPU)
+    augment = DeviceAugment(64, *image_normalisation(model.clip))
+    trainer = Trainer(model, train.build_objective(config, model, prompts), split, split,
+                      augment, config)
+    def stop_after_epoch_2(record):
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(stop_after_epoch_2)
+    state = trainer.state_dict()
+    resumed = Trainer(model, train.build_objective(config, model, prompts), split, split,
+                      augment, config)
+    resumed.load_state_dict(state)
+    assert [r.warm_up for r in resumed.fit()] == [True, False, True]
 
 
 def test_a_gpu_is_resolved_with_its_index(monkeypatch):

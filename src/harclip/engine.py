@@ -14,7 +14,7 @@ import contextlib
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,8 @@ class EpochRecord:
     like with like; the image–text term (unweighted) has its own column. `epoch_time_s` is
     the epoch's training time, A-CLIP's saliency refresh (`refresh_time_s`) included and
     validation excluded; `peak_memory_mb` is the peak above the resident image cache.
+    `warm_up` marks the first epoch a process ran (the run's first, or a resumed run's):
+    compilation and warm-up make it no measure of the steady state.
     """
 
     epoch: int
@@ -59,6 +61,7 @@ class EpochRecord:
     images_per_s: float
     peak_memory_mb: float
     lr: float
+    warm_up: bool = False
 
 
 @dataclass
@@ -435,8 +438,9 @@ class Trainer:
     def fit(self, on_epoch: Callable[[EpochRecord], None] = lambda record: None,
             describe: str = "train") -> list[EpochRecord]:
         """Train the remaining epochs; call `on_epoch` after each with its record."""
-        for epoch in range(len(self.history) + 1, self.config.epochs + 1):
-            self.history.append(self._epoch(epoch, describe))
+        first = len(self.history) + 1
+        for epoch in range(first, self.config.epochs + 1):
+            self.history.append(replace(self._epoch(epoch, describe), warm_up=epoch == first))
             on_epoch(self.history[-1])
         return self.history
 

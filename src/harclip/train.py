@@ -22,6 +22,7 @@ import logging
 import random
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -151,8 +152,9 @@ def save_resume_state(path: Path, fingerprint: str, trainer: Trainer) -> None:
 
 def timing_summary(history: list[EpochRecord]) -> dict:
     """Speed and memory over the run. The headline time and throughput are the steady state:
-    every epoch after the first, whose compilation and warm-up are reported apart."""
-    steady = history[1:] or history
+    every epoch but the warm-up ones (the first, and a resumed run's first, which compile and
+    warm up again), whose time is reported apart."""
+    steady = [r for r in history if not r.warm_up] or history
     return {
         "mean_epoch_time_s": float(np.mean([r.epoch_time_s for r in steady])),
         "mean_refresh_time_s": float(np.mean([r.refresh_time_s for r in steady])),
@@ -299,15 +301,19 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
             history = trainer.history[:done]
             run_log.epoch(history[-1], history, best_of(history))
 
+    save_times = []  # the epoch's saves happen after its time is taken: reported apart
+
     def on_epoch(record: EpochRecord) -> None:
         if not world.is_main:
             return
+        started = time.perf_counter()
         if record.val_acc > best["val_acc"]:
             best.update(val_acc=record.val_acc, epoch=record.epoch)
             save_checkpoint(best_path, model, config.model, class_names, {
                 "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
         run_log.epoch(record, trainer.history, best)
         save_resume_state(state_path, fingerprint, trainer)
+        save_times.append(time.perf_counter() - started)
 
     try:
         history = trainer.fit(on_epoch, describe=name)
@@ -329,6 +335,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
         "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
         "final_val_acc": history[-1].val_acc, "final_train_acc": history[-1].train_acc,
         **timing_summary(history),
+        "mean_save_time_s": float(np.mean(save_times)) if save_times else 0.0,
         "cache_mb": (train_split.nbytes + val_split.nbytes) / 2**20,
         "cache_on_device": trainer.cache_bytes > 0 and device.type == "cuda",
         "parameters": sum(p.numel() for p in model.parameters()),
