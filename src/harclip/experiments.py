@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -126,22 +125,25 @@ def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
+def per_seed(rows: list[dict], method: str) -> dict:
+    """One finished run of `method` per seed (the first: the commit, then the newest) → its
+    test and val accuracy and time per epoch, as lists in seed order of appearance."""
+    runs: dict = {}
+    for row in rows:
+        if value(row, f"{method}.test_acc") is not None:
+            runs.setdefault(value(row, f"train_{method}.seed"), row)
+    return {"seeds": list(runs),
+            **{key: [value(r, f"{method}.{key}") for r in runs.values()]
+               for key in ("test_acc", "val_acc", "epoch_s")}}
+
+
 def seeds_table(rows: list[dict]) -> tuple[str, dict]:
     """Per model: test and val accuracy and time per epoch, mean ± std over the runs that
     differ from each other only in their seeds."""
     rows = varying_only(rows, {f"train_{method}.seed" for method in METHODS})
-    found = {}
-    for method in METHODS:
-        runs: dict = {}
-        for row in rows:  # one run per seed, as in the ablation
-            if value(row, f"{method}.test_acc") is not None:
-                runs.setdefault(value(row, f"train_{method}.seed"), row)
-        found[method] = {
-            "seeds": sorted(int(s) for s in runs),
-            "test_acc": [value(r, f"{method}.test_acc") for r in runs.values()],
-            "val_acc": [value(r, f"{method}.val_acc") for r in runs.values()],
-            "epoch_s": [value(r, f"{method}.epoch_s") for r in runs.values()],
-        }
+    found = {method: per_seed(rows, method) for method in METHODS}
+    for entry in found.values():
+        entry["seeds"] = sorted(int(s) for s in entry["seeds"])
     lines = ["| Model | Seeds | Test accuracy (%) | Val accuracy (%) | Time per epoch (s) |",
              "| :-- | :-: | :-: | :-: | :-: |"]
     lines += [f"| **{LABELS[m]}** | {', '.join(map(str, f['seeds']))} | {_pm(f['test_acc'])} "
@@ -155,24 +157,18 @@ def ablation_table(rows: list[dict]) -> tuple[str, dict]:
     mean ± std over seeds."""
     rows = varying_only(rows, {"train_aclip.seed", "train_aclip.aclip.saliency",
                                "train_aclip.aclip.keep_ratio"})
-    groups: dict[tuple, dict] = defaultdict(dict)
-    for row in rows:  # one run per seed: the first (the commit, then the newest) counts
-        key = (value(row, "train_aclip.aclip.saliency"), value(row, "train_aclip.aclip.keep_ratio"))
-        if value(row, "aclip.test_acc") is not None:
-            groups[key].setdefault(value(row, "train_aclip.seed"), row)
     found, lines = {}, ["| Tokens the student sees | Keep ratio | Seeds | Test accuracy (%) | "
                         "Val accuracy (%) | Time per epoch (s) |",
                         "| :-- | :-: | :-: | :-: | :-: | :-: |"]
     for label, saliency, keep in ABLATION:
-        runs = list(groups.get((saliency, keep), {}).values())
-        if not runs:
+        runs = per_seed([row for row in rows
+                         if value(row, "train_aclip.aclip.saliency") == saliency
+                         and value(row, "train_aclip.aclip.keep_ratio") == keep], "aclip")
+        if not runs["seeds"]:
             continue
-        entry = {"label": label, "keep": keep, "seeds": len(runs),
-                 "test_acc": [value(r, "aclip.test_acc") for r in runs],
-                 "val_acc": [value(r, "aclip.val_acc") for r in runs],
-                 "epoch_s": [value(r, "aclip.epoch_s") for r in runs]}
+        entry = {**runs, "label": label, "keep": keep, "seeds": len(runs["seeds"])}
         found[(saliency, keep)] = entry
-        lines.append(f"| {label} | {keep:g} | {len(runs)} | {_pm(entry['test_acc'])} | "
+        lines.append(f"| {label} | {keep:g} | {entry['seeds']} | {_pm(entry['test_acc'])} | "
                      f"{_pm(entry['val_acc'])} | {_pm(entry['epoch_s'], 1.0)} |")
     return "\n".join(lines) + "\n", found
 
