@@ -9,6 +9,7 @@ import yaml
 from harclip import experiments
 from harclip.config import load_params
 from tests.conftest import REPO_ROOT
+from tests.dvc_project import DvcProject, tiny_params
 
 
 def _params_row() -> dict:
@@ -79,3 +80,13 @@ def test_the_ablation_skips_the_run_params_yaml_already_is(monkeypatch):
     assert len(runs) == 2 * len(experiments.ABLATION) - 1
     assert f"abl-{own.aclip.saliency}-{own.aclip.keep_ratio}-s{own.seed}" not in names
     assert queued[-1] == ("queue", "start", "-j", "1")
+
+
+def test_stages_run_the_projects_own_code_not_the_installed_copy(tmp_path):
+    """A queued `dvc exp run` executes in a copy of the repo; its stages must import that
+    copy's src/ (the experiment's code), not whatever the editable install points to."""
+    project = DvcProject(tmp_path, tiny_params())
+    with (project.root / "src" / "harclip" / "config.py").open("a") as config:
+        config.write('\nraise SystemExit("imported the experiment\'s own src/harclip")\n')
+    with pytest.raises(AssertionError, match="imported the experiment's own src/harclip"):
+        project.repro("check_params")

@@ -7,9 +7,9 @@
     python -m harclip.experiments report ablation --out docs/results
 
 `seeds` and `ablation` queue one `dvc exp run --queue -S ...` per run and start the queue
-(`dvc queue start -j JOBS`); `report` reads every finished experiment of the current commit
-(`dvc.api.exp_show`) and writes a markdown table and a figure of mean ± standard deviation
-over the seeds.
+(`dvc queue start -j JOBS`); `report` reads every finished experiment of the current commit,
+or of the commits `--rev` names (`dvc.api.exp_show`), and writes a markdown table and a
+figure of mean ± standard deviation over the seeds.
 
 The ablation varies only how the A-CLIP stage chooses the tokens its student sees, on one
 backbone and schedule: attentive (the EMA teacher's [CLS] attention, scored every step or
@@ -85,12 +85,13 @@ def value(row: dict, name: str):
     return next((v for k, v in row.items() if k.endswith(f":{name}")), None)
 
 
-def finished_runs(rev: str | None = None) -> list[dict]:
-    """A commit (the current one by default) and its finished experiments (not the
-    workspace, which repeats one of them), as `dvc.api.exp_show` rows; the commit first."""
+def finished_runs(revs: list[str] | None = None) -> list[dict]:
+    """Commits (the current one by default) and their finished experiments (not the
+    workspace, which repeats one of them), as `dvc.api.exp_show` rows; the commits first, in
+    the order given, so a seed's first run is the first commit's."""
     import dvc.api
 
-    rows = [row for row in dvc.api.exp_show(revs=rev)
+    rows = [row for row in dvc.api.exp_show(revs=revs)
             if row.get("rev") != "workspace" and row.get("State") in (None, "Success")]
     return sorted(rows, key=lambda row: row.get("typ") != "baseline")
 
@@ -196,8 +197,8 @@ def ablation_figure(found: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def report(kind: str, out: Path, rev: str | None = None) -> str:
-    rows = finished_runs(rev)
+def report(kind: str, out: Path, revs: list[str] | None = None) -> str:
+    rows = finished_runs(revs)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "seeds":
         table, _ = seeds_table(rows)
@@ -226,15 +227,16 @@ def main() -> None:
     collect = commands.add_parser("report", help="table and figure of finished experiments")
     collect.add_argument("kind", choices=("seeds", "ablation"))
     collect.add_argument("--out", type=Path, default=Path("docs/results"))
-    collect.add_argument("--rev", help="the commit the experiments were run on (default: "
-                                       "the current one)")
+    collect.add_argument("--rev", nargs="+", dest="revs",
+                         help="the commits the experiments were run on, their params.yaml "
+                              "alike (default: the current one)")
     args = cli.parse_args()
     if args.command == "seeds":
         queue_seeds(args.seeds, args.jobs)
     elif args.command == "ablation":
         queue_ablation(args.seeds, args.jobs, tuple(args.keep_ratios))
     else:
-        sys.stdout.write(report(args.kind, args.out, args.rev))
+        sys.stdout.write(report(args.kind, args.out, args.revs))
 
 
 if __name__ == "__main__":
