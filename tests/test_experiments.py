@@ -82,6 +82,7 @@ def test_the_ablation_skips_the_run_params_yaml_already_is(monkeypatch):
     assert queued[-1] == ("queue", "start", "-j", "1")
 
 
+@pytest.mark.slow
 def test_stages_run_the_projects_own_code_not_the_installed_copy(tmp_path):
     """A queued `dvc exp run` executes in a copy of the repo; its stages must import that
     copy's src/ (the experiment's code), not whatever the editable install points to."""
