@@ -1,29 +1,44 @@
-"""Each method learns the synthetic HAR task with the demo's own settings.
+"""Each method learns a synthetic HAR task with the demo's own settings.
 
-The full demo (params.yaml: 3,750 images, 12-15 epochs) takes about 9 minutes on 2 cores and
-reaches 48-57 % (README.md); here a shortened run (1,800 images, 6 epochs, the same models and
-optimiser settings) must land well above chance (6.7 %), so a regression in the data, the
-augmentation, the head or the engine that stops learning is caught in CI.
+The full demo (params.yaml: 15 classes, 3,750 images, 12-15 epochs) reaches 48-57 % test
+accuracy on 2 CPU cores (README.md). Here the same models and optimiser settings train on 5 of
+the classes (750 images, 6 epochs: a CI-sized run) and must land well above chance (20 %), so
+a regression in the data, the augmentation, the head or the engine that stops learning is
+caught in CI.
 """
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from harclip import train
 from harclip.config import load_params
-from harclip.download import write_synthetic
+from harclip.har import CLASS_NAMES, IMAGE_DIR, LABELS_CSV, write_labels_csv
 from harclip.preprocess import preprocess
+from harclip.synthetic import render
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
+CLASSES = CLASS_NAMES[::3]  # 5 of the 15, spread over the list
+IMAGES_PER_CLASS = 150
+
 
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory):
+    """The demo's synthetic drawing and preprocessing, on 5 classes."""
     params = load_params(REPO_ROOT / "params.yaml")
     root = tmp_path_factory.mktemp("demo")
-    write_synthetic(replace(params.download.synthetic, images_per_class=120), root / "raw")
+    (root / "raw" / IMAGE_DIR).mkdir(parents=True)
+    rng, rows = np.random.default_rng(params.download.synthetic.seed), []
+    for index in range(IMAGES_PER_CLASS):
+        for label in CLASSES:
+            name = f"{label}_{index}.jpg"
+            render(label, params.download.synthetic.image_size, rng).save(
+                root / "raw" / IMAGE_DIR / name, quality=92)
+            rows.append((name, label))
+    write_labels_csv(root / "raw" / LABELS_CSV, rows)
     preprocess(params.preprocess, root / "raw", root / "cache")
     return params, root
 
@@ -34,4 +49,4 @@ def test_demo_settings_learn_well_above_chance(demo_cache, method):
     config = replace(train.section(params, method), epochs=6)
     metrics = train.run(method, config, root / "cache", root / "models", root / "logs",
                         root / "resume")
-    assert metrics["best_val_acc"] >= 0.2  # 3× chance; measured 0.25 to 0.29 on 2 CPU cores
+    assert metrics["best_val_acc"] >= 0.4  # 2× chance; measured 0.56 to 0.67 on 2 CPU cores
