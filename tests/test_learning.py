@@ -1,10 +1,10 @@
 """Each method learns a synthetic HAR task with the demo's own settings.
 
-The full demo (params.yaml: 15 classes, 3,750 images, 12-15 epochs) reaches 48-57 % test
-accuracy on 2 CPU cores (README.md). Here the same models and optimiser settings train on 5 of
-the classes (750 images, 6 epochs: a CI-sized run) and must land well above chance (20 %), so
-a regression in the data, the augmentation, the head or the engine that stops learning is
-caught in CI.
+The full demo (params.yaml: 15 classes, 3,750 images, 12-15 epochs) reaches 47-59 % test
+accuracy on 2 CPU cores (README.md, seeds 0-2). Here the same models and optimiser settings
+train on 5 of the classes (750 images, 6 epochs: a CI-sized run) and must land well above
+chance (20 %), so a regression in the data, the augmentation, the head or the engine that
+stops learning is caught in CI.
 """
 
 from dataclasses import replace

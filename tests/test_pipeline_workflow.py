@@ -52,6 +52,8 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
                                         "evaluate@clip", "evaluate@sglip", "evaluate@aclip"])
     assert project.dvc("status").strip().startswith("Data and pipelines are up to date")
     _check_training_outputs(tmp_path)
+    _, meta = load_checkpoint(tmp_path / "models" / "aclip.pt")
+    assert meta["params"]["aclip"]["saliency"] == "random"  # the key reached the stage
     for path in (tmp_path / "plots").glob("*.png"):
         with Image.open(path) as image:
             image.verify()
@@ -69,6 +71,8 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     changed = {path for path, values in diff.items() if values}
     assert changed and all("/clip/" in path for path in changed)
     assert {"metrics/clip/eval.json", "logs/clip/metrics.json"} <= changed
+    diff_all = json.loads(project.dvc("metrics", "diff", "--all", "--json"))  # unchanged too
+    assert {"clip.val_acc", "clip.test_acc"} <= set(diff_all["metrics/clip/eval.json"])
     assert all(key.startswith("clip.") for values in diff.values() for key in values)
 
     html_dir = tmp_path / "plots-html"
