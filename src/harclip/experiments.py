@@ -127,7 +127,7 @@ def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 def per_seed(rows: list[dict], method: str) -> dict:
-    """One finished run of `method` per seed (the first: the commit, then the newest) → its
+    """One finished run of `method` per seed (the first: a commit, then the newest) → its
     test and val accuracy and time per epoch, as lists in seed order of appearance."""
     runs: dict = {}
     for row in rows:
