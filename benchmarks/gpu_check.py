@@ -42,17 +42,19 @@ import yaml
 from PIL import Image
 
 from harclip.augment import DeviceAugment
-from harclip.config import EvaluateConfig, parse_params
-from harclip.engine import CachedSplit, Trainer, effective_batches
-from harclip.evaluate import evaluate
+from harclip.cache import CacheItem, load_split, write_cache
+from harclip.config import METHODS, EvaluateConfig, parse_params
+from harclip.engine import Trainer
+from harclip.evaluation import evaluate
+from harclip.feed import CachedSplit, effective_batches
 from harclip.har import CLASS_NAMES
 from harclip.hardware import describe, resolve_device
-from harclip.models import image_normalisation, load_checkpoint, model_image_size
-from harclip.predict import image_files, predict
-from harclip.preprocess import CacheItem, load_split, write_cache
+from harclip.models import build_model, image_normalisation, load_checkpoint, model_image_size
+from harclip.predict import image_files
+from harclip.prediction import predict
 from harclip.records import read_epochs, read_run
 from harclip.synthetic import generate
-from harclip.train import METHODS, build_model, build_objective
+from harclip.training import build_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 

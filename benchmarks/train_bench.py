@@ -28,12 +28,14 @@ from torch import nn
 
 from harclip.augment import DeviceAugment
 from harclip.config import AclipConfig, AclipTrainConfig, TrainConfig
-from harclip.engine import Batch, CachedSplit, Objective, train
+from harclip.engine import train
+from harclip.feed import Batch, CachedSplit
 from harclip.har import CLASS_NAMES
 from harclip.hardware import describe, resolve_device
-from harclip.models import image_normalisation, model_image_size
+from harclip.models import build_model, image_normalisation, model_image_size
+from harclip.objectives import Objective
 from harclip.synthetic import generate
-from harclip.train import build_model, build_objective
+from harclip.training import build_objective
 
 HAR_TRAIN_IMAGES = 10_080  # 80 % of HAR's 12,600 labelled images
 

@@ -16,10 +16,9 @@ from harclip.aclip import (
 )
 from harclip.augment import DeviceAugment
 from harclip.config import AclipConfig, AclipTrainConfig
-from harclip.engine import Batch, CachedSplit
-from harclip.models import create_backbone, image_normalisation
+from harclip.feed import Batch, CachedSplit
+from harclip.models import build_model, create_backbone, image_normalisation
 from harclip.stage import StageError
-from harclip.train import build_model
 
 
 @pytest.fixture

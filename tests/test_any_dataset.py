@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from harclip import download as dl
+from harclip.cache import cache_classes
 from harclip.config import DownloadConfig, PreprocessConfig, TrainConfig
 from harclip.har import CLASS_NAMES, read_labels_csv, write_labels_csv
-from harclip.models import PromptEncoder, load_checkpoint
-from harclip.preprocess import cache_classes, preprocess
+from harclip.models import PromptEncoder, build_model, load_checkpoint
+from harclip.preprocess import preprocess
 from harclip.stage import StageError
-from harclip.train import build_model
 from tests.conftest import HAR_SAMPLE, jpeg_bytes
 from tests.dvc_project import DvcProject, tiny_params
 from tests.test_preprocess import _report

@@ -24,10 +24,10 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from harclip import train
+from harclip import training
+from harclip.cache import CacheItem, cache_classes, load_split, write_cache
 from harclip.config import load_params
 from harclip.distributed import process_device, relaunch
-from harclip.preprocess import CacheItem, cache_classes, load_split, write_cache
 from harclip.records import read_run
 from harclip.stage import StageError
 from tests.conftest import REPO_ROOT
@@ -57,7 +57,7 @@ def even_cache(small_cache, tmp_path_factory) -> Path:
 
 
 def _config(method: str, **changes):
-    config = replace(train.section(load_params(REPO_ROOT / "params.yaml"), method),
+    config = replace(load_params(REPO_ROOT / "params.yaml").train(method),
                      **{"epochs": 2, "batch_size": 16, "device": "cpu", "log_every": 1000,
                         **changes})
     if method == "sglip":  # exercise the sigmoid image–text term across processes too
@@ -72,7 +72,7 @@ def _rank(rank: int, port: int, method: str, config, cache: Path, out: Path) -> 
                       LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     torch.set_num_threads(1)
     root = out / f"rank{rank}"
-    train.run(method, config, cache, root / "models", root / "logs", root / "resume")
+    training.run(method, config, cache, root / "models", root / "logs", root / "resume")
 
 
 def _free_port() -> int:
@@ -86,7 +86,7 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp
                                                                   method):
     torch.set_num_threads(1)
     alone = tmp_path / "alone"
-    train.run(method, _config(method), even_cache, alone / "models", alone / "logs",
+    training.run(method, _config(method), even_cache, alone / "models", alone / "logs",
               alone / "resume")
     mp.spawn(_rank, args=(_free_port(), method, _config(method, nprocs=2), even_cache,
                           tmp_path), nprocs=2)
@@ -132,7 +132,7 @@ def test_a_killed_two_process_run_resumes_on_the_single_process_trajectory(even_
                                                                            tmp_path):
     torch.set_num_threads(1)
     alone = tmp_path / "alone"
-    train.run("clip", _config("clip", epochs=3), even_cache, alone / "models",
+    training.run("clip", _config("clip", epochs=3), even_cache, alone / "models",
               alone / "logs", alone / "resume")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["train_clip"].update(epochs=3, batch_size=16, device="cpu", nprocs=2)

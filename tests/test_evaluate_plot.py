@@ -11,15 +11,14 @@ from dvclive import Live
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 
-from harclip.config import EvaluateConfig, PlotConfig, TrainConfig
-from harclip.evaluate import classification_metrics, evaluate
+from harclip.cache import CacheItem, write_cache
+from harclip.config import METHODS, EvaluateConfig, PlotConfig, TrainConfig
+from harclip.evaluation import classification_metrics, evaluate
 from harclip.har import CLASS_NAMES
-from harclip.models import create_backbone, save_checkpoint
+from harclip.models import build_model, create_backbone, save_checkpoint
 from harclip.plot import plot
-from harclip.preprocess import CacheItem, write_cache
 from harclip.records import SERIES
 from harclip.stage import StageError
-from harclip.train import METHODS, build_model
 
 
 def test_classification_metrics_match_a_hand_count():

@@ -12,8 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from harclip import train
-from harclip.config import load_params
+from harclip import training
+from harclip.config import METHODS, load_params
 from harclip.har import CLASS_NAMES, IMAGE_DIR, LABELS_CSV, write_labels_csv
 from harclip.preprocess import preprocess
 from harclip.synthetic import render
@@ -43,10 +43,10 @@ def demo_cache(tmp_path_factory):
     return params, root
 
 
-@pytest.mark.parametrize("method", train.METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_demo_settings_learn_well_above_chance(demo_cache, method):
     params, root = demo_cache
-    config = replace(train.section(params, method), epochs=6)
-    metrics = train.run(method, config, root / "cache", root / "models", root / "logs",
+    config = replace(params.train(method), epochs=6)
+    metrics = training.run(method, config, root / "cache", root / "models", root / "logs",
                         root / "resume")
     assert metrics["best_val_acc"] >= 0.4  # 2× chance; measured 0.56 to 0.67 on 2 CPU cores

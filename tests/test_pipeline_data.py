@@ -7,7 +7,7 @@ so `dvc status` and `dvc repro` are asked about that target.
 import numpy as np
 import pytest
 
-from harclip.preprocess import load_split
+from harclip.cache import load_split
 from tests.dvc_project import DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ from PIL import Image
 
 from harclip.config import TrainConfig
 from harclip.har import CLASS_NAMES
-from harclip.models import load_checkpoint, save_checkpoint
-from harclip.predict import image_files, predict, render
-from harclip.train import build_model
+from harclip.models import build_model, load_checkpoint, save_checkpoint
+from harclip.predict import image_files, render
+from harclip.prediction import predict
 
 
 @pytest.fixture(scope="module")
@@ -97,20 +97,19 @@ def test_real_sample_images(checkpoint, har_sample):
 def test_predict_computes_as_the_evaluate_stage_does(checkpoint, tmp_path, monkeypatch):
     """The same checkpoint gives the same probabilities in `predict` and in `evaluate`, under
     the autocast a GPU would use (bf16, here on the CPU)."""
-    from harclip import evaluate
-    from harclip import predict as predict_module
-    from harclip.engine import CachedSplit
-    from harclip.preprocess import decode
+    from harclip import evaluation, prediction
+    from harclip.decode import decode
+    from harclip.feed import CachedSplit
 
     bf16 = lambda precision, device: torch.bfloat16  # noqa: E731
-    monkeypatch.setattr(evaluate, "autocast_dtype", bf16)
-    monkeypatch.setattr(predict_module, "autocast_dtype", bf16)
+    monkeypatch.setattr(evaluation, "autocast_dtype", bf16)
+    monkeypatch.setattr(prediction, "autocast_dtype", bf16)
     files = [f for f in image_files([_images(tmp_path / "photos")]) if f.suffix != ".txt"]
     model, meta = load_checkpoint(checkpoint)
     predictions, _ = predict(model, meta, files, top_k=len(CLASS_NAMES), batch_size=8)
     arrays = np.stack([decode(f.read_bytes(), meta["image_size"], "crop") for f in files])
     split = CachedSplit(arrays, np.zeros(len(files)), torch.device("cpu"))
-    logits = evaluate.predict_logits(model, split, 8, meta)
+    logits = evaluation.predict_logits(model, split, 8, meta)
     expected = torch.from_numpy(logits).softmax(dim=1)
     for row, p in zip(expected, predictions, strict=True):
         by_name = dict(zip(p.labels, p.probabilities, strict=True))

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harclip.cache import load_split
 from harclip.config import PreprocessConfig
+from harclip.decode import decode
 from harclip.har import CLASS_NAMES, write_classes, write_labels_csv
-from harclip.preprocess import assign_splits, decode, load_split, preprocess
+from harclip.preprocess import assign_splits, preprocess
 from harclip.stage import StageError
 from tests.conftest import jpeg_bytes
 

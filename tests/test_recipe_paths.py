@@ -17,21 +17,16 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import SigLipLoss
 
-from harclip import evaluate, hardware, stage, train
+from harclip import evaluation, hardware, stage, training
 from harclip.aclip import AclipObjective, select_tokens
 from harclip.augment import DeviceAugment
+from harclip.cache import load_split
 from harclip.config import AclipConfig, AclipTrainConfig, EvaluateConfig, TrainConfig
-from harclip.engine import (
-    Batch,
-    CachedSplit,
-    ContrastiveObjective,
-    Trainer,
-    effective_batches,
-    predict,
-    resident_cache_bytes,
-)
+from harclip.engine import Trainer, predict
+from harclip.feed import Batch, CachedSplit, effective_batches, resident_cache_bytes
 from harclip.har import CLASS_NAMES
 from harclip.models import (
+    build_model,
     class_text_loss,
     create_backbone,
     image_normalisation,
@@ -40,7 +35,7 @@ from harclip.models import (
     save_checkpoint,
     tag_normalisation,
 )
-from harclip.preprocess import load_split
+from harclip.objectives import ContrastiveObjective
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 CPU = torch.device("cpu")
@@ -63,7 +58,7 @@ def fake_tag(tmp_path, monkeypatch):
 def test_a_pretrained_tag_brings_its_normalisation_into_training_and_the_checkpoint(
         fake_tag, tmp_path):
     config = TrainConfig(model="harclip-tiny-siglip", pretrained="webli")
-    model, _ = train.build_model(config)
+    model, _ = build_model(config)
     assert preprocessing_of(model.clip)["mean"] == list(SIGLIP_MEAN)
     save_checkpoint(tmp_path / "m.pt", model, config.model, CLASS_NAMES, {})
     _, meta = load_checkpoint(tmp_path / "m.pt")
@@ -79,7 +74,7 @@ def test_evaluate_uses_the_checkpoints_saved_preprocessing(small_cache, tmp_path
     """A checkpoint whose mean/std differ from its architecture's defaults is scored with the
     saved ones, and so are its zero-shot baseline's inputs with the tag's own."""
     torch.manual_seed(0)
-    model, _ = train.build_model(TrainConfig(model="harclip-tiny-clip"))
+    model, _ = build_model(TrainConfig(model="harclip-tiny-clip"))
     saved = {"image_size": 64, "mean": [0.9, 0.1, 0.5], "std": [0.05, 0.5, 0.2]}
     save_checkpoint(tmp_path / "models" / "clip.pt", model, "harclip-tiny-clip", CLASS_NAMES,
                     {"params": {}, "epoch": 1})
@@ -88,7 +83,7 @@ def test_evaluate_uses_the_checkpoints_saved_preprocessing(small_cache, tmp_path
 
     loaded, _ = load_checkpoint(tmp_path / "models" / "clip.pt")
     assert preprocessing_of(loaded.clip) == saved  # one source of truth, rebuilt with it
-    metrics = evaluate.evaluate("clip", EvaluateConfig(device="cpu"), small_cache,
+    metrics = evaluation.evaluate("clip", EvaluateConfig(device="cpu"), small_cache,
                                 tmp_path / "models", tmp_path / "metrics")
     images, labels = load_split(small_cache, "test")  # predictions.csv is on test
     split = CachedSplit(images, labels, CPU)
@@ -111,7 +106,7 @@ def test_zero_shot_baseline_uses_the_pretrained_tags_normalisation(fake_tag, sma
                         classmethod(lambda cls, p: seen.append(p) or original(p)))
     images, labels = load_split(small_cache, "val")
     config = TrainConfig(model="harclip-tiny-siglip", pretrained="webli")
-    accuracy = evaluate.zero_shot_accuracy(config, list(CLASS_NAMES),
+    accuracy = evaluation.zero_shot_accuracy(config, list(CLASS_NAMES),
                                            {"val": CachedSplit(images, labels, CPU)}, 64)
     assert 0.0 <= accuracy["val"] <= 1.0
     assert [p["mean"] for p in seen] == [list(SIGLIP_MEAN)]
@@ -119,7 +114,7 @@ def test_zero_shot_baseline_uses_the_pretrained_tags_normalisation(fake_tag, sma
 
 def test_class_logits_are_fp32_under_bf16_autocast():
     torch.manual_seed(0)
-    model, _ = train.build_model(TrainConfig())
+    model, _ = build_model(TrainConfig())
     images = torch.randn(4, 3, 64, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         features = model.image_features(images)
@@ -161,8 +156,8 @@ def test_image_text_term_has_its_minimum_at_the_own_class_and_pulls_towards_it(s
 def test_contrastive_objective_logs_cross_entropy_and_image_text_apart():
     torch.manual_seed(0)
     config = TrainConfig(contrastive_weight=0.5)
-    model, prompts = train.build_model(config)
-    objective = train.build_objective(config, model, prompts)
+    model, prompts = build_model(config)
+    objective = training.build_objective(config, model, prompts)
     assert isinstance(objective, ContrastiveObjective)
     images, labels = torch.randn(6, 3, 64, 64), torch.arange(6)
     model.eval()
@@ -179,9 +174,9 @@ def _trainer(config, n_train=40, n_val=8):
     rng = np.random.default_rng(0)
     split = lambda n: CachedSplit(rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8),  # noqa: E731
                                   np.arange(n) % 15, CPU)
-    model, prompts = train.build_model(config)
+    model, prompts = build_model(config)
     augment = DeviceAugment(64, *image_normalisation(model.clip))
-    return Trainer(model, train.build_objective(config, model, prompts), split(n_train),
+    return Trainer(model, training.build_objective(config, model, prompts), split(n_train),
                    split(n_val), augment, config)
 
 
@@ -194,8 +189,8 @@ def test_resume_state_loads_onto_the_cpu_whatever_the_device(tmp_path):
     trainer = _trainer(config)
     trainer.fit()
     path = tmp_path / "state.pt"
-    train.save_resume_state(path, "f", trainer)
-    state = train.load_resume_state(path, "f")
+    training.save_resume_state(path, "f", trainer)
+    state = training.load_resume_state(path, "f")
     tensors = [v for v in _leaves(state) if isinstance(v, torch.Tensor)]
     assert tensors and all(t.device.type == "cpu" for t in tensors)
     assert state["rng"]["shuffle"].dtype == torch.uint8
@@ -257,7 +252,7 @@ def test_aclip_student_compiles_once_whatever_tokens_it_keeps():
     counters.clear()
     torch.manual_seed(0)
     config = AclipTrainConfig(aclip=AclipConfig(saliency="teacher"))
-    model, prompts = train.build_model(config)
+    model, prompts = build_model(config)
     objective = AclipObjective(model, prompts, config.aclip, config.contrastive_weight)
     model.clip.visual.compile(backend="aot_eager")
     model.train()
@@ -301,7 +296,7 @@ def test_steady_state_time_leaves_the_first_epoch_of_each_process_out():
                                      peak_memory_mb=m, warm_up=w)
                for t, r, m, w in ((30.0, 1.0, 5.0, True), (2.0, 0.5, 7.0, False),
                                   (25.0, 0.5, 6.0, True), (4.0, 0.0, 6.0, False))]
-    summary = train.timing_summary(records)
+    summary = training.timing_summary(records)
     assert summary["mean_epoch_time_s"] == 3.0 and summary["first_epoch_time_s"] == 30.0
     assert summary["mean_refresh_time_s"] == 0.25 and summary["peak_memory_mb"] == 7.0
     assert summary["mean_images_per_s"] == pytest.approx((50 + 25) / 2)
@@ -310,11 +305,11 @@ def test_steady_state_time_leaves_the_first_epoch_of_each_process_out():
 
 def test_each_process_marks_its_first_epoch_as_warm_up(small_cache):
     config = TrainConfig(epochs=3, batch_size=64, device="cpu")
-    model, prompts = train.build_model(config)
+    model, prompts = build_model(config)
     images, labels = load_split(small_cache, "train")
     split = CachedSplit(images[:64], labels[:64], CPU)
     augment = DeviceAugment(64, *image_normalisation(model.clip))
-    trainer = Trainer(model, train.build_objective(config, model, prompts), split, split,
+    trainer = Trainer(model, training.build_objective(config, model, prompts), split, split,
                       augment, config)
     def stop_after_epoch_2(record):
         if record.epoch == 2:
@@ -323,7 +318,7 @@ def test_each_process_marks_its_first_epoch_as_warm_up(small_cache):
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(stop_after_epoch_2)
     state = trainer.state_dict()
-    resumed = Trainer(model, train.build_objective(config, model, prompts), split, split,
+    resumed = Trainer(model, training.build_objective(config, model, prompts), split, split,
                       augment, config)
     resumed.load_state_dict(state)
     assert [r.warm_up for r in resumed.fit()] == [True, False, True]

@@ -17,11 +17,13 @@ import pytest
 import torch
 import yaml
 
-from harclip import train
+from harclip import training
+from harclip.cache import load_split
 from harclip.config import parse_params
 from harclip.distributed import ALONE
-from harclip.engine import CachedSplit, Trainer
-from harclip.preprocess import load_split
+from harclip.engine import Trainer
+from harclip.feed import CachedSplit
+from harclip.models import build_model
 from harclip.records import SERIES, read_epochs, series_file
 from tests.conftest import REPO_ROOT
 from tests.dvc_project import BIN, DvcProject, tiny_params
@@ -164,17 +166,17 @@ def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp
     params = parse_params(_params(epochs=1))
     config = params.train_aclip
 
-    model, prompts = train.build_model(config)
-    trainer = Trainer(model, train.build_objective(config, model, prompts),
+    model, prompts = build_model(config)
+    trainer = Trainer(model, training.build_objective(config, model, prompts),
                       CachedSplit(*load_split(small_cache, "train"), ALONE.device),
                       CachedSplit(*load_split(small_cache, "val"), ALONE.device), None, config)
     state = tmp_path / "state.pt"
-    fingerprint = train.run_fingerprint(config, small_cache, CPU)
-    train.save_resume_state(state, fingerprint, trainer)
+    fingerprint = training.run_fingerprint(config, small_cache, CPU)
+    training.save_resume_state(state, fingerprint, trainer)
 
     def resumable(changed, device=CPU) -> bool:
-        return train.load_resume_state(
-            state, train.run_fingerprint(changed, small_cache, device)) is not None
+        return training.load_resume_state(
+            state, training.run_fingerprint(changed, small_cache, device)) is not None
 
     assert resumable(config)
     assert resumable(replace(config, nprocs=2, log_every=1))  # the trajectory ignores these
@@ -184,7 +186,7 @@ def test_state_resumes_only_a_run_with_the_same_params_and_data(small_cache, tmp
     other_data = tmp_path / "cache"
     other_data.mkdir()
     (other_data / "manifest.csv").write_text("split,row,file,label,sha256\n")
-    assert train.load_resume_state(state, train.run_fingerprint(config, other_data, CPU)) \
+    assert training.load_resume_state(state, training.run_fingerprint(config, other_data, CPU)) \
         is None
     state.write_bytes(b"truncated")
     assert not resumable(config)

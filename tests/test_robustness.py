@@ -24,9 +24,11 @@ import torch
 import yaml
 from PIL import Image
 
+from harclip import cache as cache_module
 from harclip import download as dl
 from harclip import preprocess as pp
 from harclip import stage
+from harclip.cache import CacheItem, load_split, write_cache
 from harclip.config import (
     ConfigError,
     DownloadConfig,
@@ -35,11 +37,9 @@ from harclip.config import (
     load_params,
 )
 from harclip.har import CLASS_NAMES, read_labels_csv, write_labels_csv
-from harclip.models import load_checkpoint, save_checkpoint
-from harclip.predict import predict
-from harclip.preprocess import CacheItem, load_split, write_cache
+from harclip.models import build_model, load_checkpoint, save_checkpoint
+from harclip.prediction import predict
 from harclip.stage import StageError
-from harclip.train import build_model
 from tests.conftest import REPO_ROOT, jpeg_bytes
 from tests.dvc_project import BIN, DvcProject, tiny_params
 from tests.test_preprocess import _raw_folder, _report
@@ -71,7 +71,7 @@ def test_a_cache_that_does_not_fit_fails_before_writing_and_keeps_the_old_one(tm
     cache.mkdir()
     (cache / "train_images.npy").write_text("earlier cache")
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(pp.shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 10**6))
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 10**6))
     with pytest.raises(StageError, match=r"cache needs .* MB but only 1 MB are free"):
         pp.preprocess(PreprocessConfig(image_size=256, workers=1), raw, cache)
     assert (cache / "train_images.npy").read_text() == "earlier cache"
@@ -85,7 +85,7 @@ def test_a_full_disk_anywhere_is_one_line_and_the_staging_folder_goes(tmp_path, 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pp, "_write_images", full)
+    monkeypatch.setattr(cache_module, "_write_images", full)
     with pytest.raises(OSError):
         pp.preprocess(PreprocessConfig(image_size=SIZE, workers=1), raw, cache)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no .cache.* left

@@ -10,30 +10,27 @@ import torch
 from harclip.augment import DeviceAugment
 from harclip.config import AugmentConfig, TrainConfig
 from harclip.engine import (
-    Batch,
-    CachedSplit,
-    ContrastiveObjective,
-    Objective,
     TrainingDiverged,
     TrainStep,
     accumulate_gradients,
-    effective_batches,
     make_scheduler,
     parameter_groups,
-    steps_per_epoch,
     train,
 )
+from harclip.feed import Batch, CachedSplit, effective_batches, steps_per_epoch
 from harclip.har import CLASS_NAMES
 from harclip.models import (
     build_classifier,
+    build_model,
     create_backbone,
     create_tokenizer,
     init_head,
     load_checkpoint,
     save_checkpoint,
 )
+from harclip.objectives import ContrastiveObjective, Objective
 from harclip.stage import StageError
-from harclip.train import build_model, build_objective
+from harclip.training import build_objective
 
 TINY = ("harclip-tiny-clip", "harclip-tiny-siglip")
 
@@ -315,7 +312,7 @@ def test_train_records_the_studys_columns_every_epoch():
 
 def test_no_training_step_or_model_selection_reads_the_test_split(small_cache, tmp_path,
                                                                   monkeypatch):
-    from harclip import train as train_stage
+    from harclip import training as train_stage
 
     read = []
     original = train_stage.load_split

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harclip.config import AclipConfig
-from harclip.engine import Batch, CachedSplit, ContrastiveObjective
+from harclip.feed import Batch, CachedSplit
 from harclip.models import PromptEncoder
+from harclip.objectives import ContrastiveObjective
 from harclip.stage import StageError
 
 

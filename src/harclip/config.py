@@ -30,6 +30,8 @@ DEFAULT_PARAMS = Path("params.yaml")
 HAR_REPO = "Bingsu/Human_Action_Recognition"
 METHODS = ("clip", "sglip", "aclip")
 """The three training stages, train_<method>, in the study's order."""
+LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
+"""How each method is named in tables and figures."""
 
 # Scalars are Strict* types: "64" is not an int and 1 is not a bool. Sections stay lax so a
 # nested mapping validates into its dataclass.
@@ -238,6 +240,10 @@ class Params:
     train_aclip: AclipTrainConfig = Field(default_factory=AclipTrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     plot: PlotConfig = Field(default_factory=PlotConfig)
+
+    def train(self, method: str) -> TrainConfig:
+        """The training section of `method` (one of METHODS): train_<method>."""
+        return getattr(self, f"train_{method}")
 
 
 SectionT = TypeVar("SectionT")

@@ -11,16 +11,12 @@ boundary from `Trainer.state_dict()`.
 from __future__ import annotations
 
 import contextlib
-import resource
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -28,7 +24,21 @@ from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.config import TrainConfig
 from harclip.distributed import ALONE, World
-from harclip.models import class_text_loss
+from harclip.feed import (
+    Batch,
+    CachedSplit,
+    effective_batches,
+    resident_cache_bytes,
+    steps_per_epoch,
+)
+from harclip.hardware import (
+    autocast,
+    autocast_dtype,
+    peak_memory_mb,
+    reset_peak_memory,
+    synchronize,
+)
+from harclip.objectives import Objective
 from harclip.stage import StageError
 
 NO_WEIGHT_DECAY_NAMES = ("logit_scale", "logit_bias")
@@ -64,86 +74,6 @@ class EpochRecord:
     warm_up: bool = False
 
 
-@dataclass
-class Batch:
-    """One micro-batch on the device: augmented images, labels, their rows in the split, each
-    crop's affine matrix (for methods that warp per-image data the same way) and, for an
-    objective that asks for it, the whole uncropped view of each image."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    index: torch.Tensor | None = None
-    crop: torch.Tensor | None = None
-    whole: torch.Tensor | None = None
-
-
-class Objective:
-    """A method's loss: by default cross-entropy on the class head."""
-
-    wants_whole_view = False
-    """Whether each Batch must carry the whole, uncropped view of its images."""
-
-    def loss(self, model: nn.Module, batch: Batch
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss to minimise, class logits, detached [cross-entropy, image–text term]) for
-        one micro-batch."""
-        logits = model(batch.images)
-        loss = F.cross_entropy(logits, batch.labels)
-        return loss, logits, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
-
-    def before_epoch(self, epoch: int, split: CachedSplit, augment: DeviceAugment) -> bool:
-        """Hook for per-epoch work (A-CLIP's cached saliency), under the run's autocast;
-        whether there was any."""
-        return False
-
-    def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """Hook for state that follows the weights (A-CLIP's EMA teacher)."""
-
-    def state_dict(self) -> dict:
-        """The objective's own training state, for resuming (A-CLIP: its teacher)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict returned (its tensors may arrive on the CPU)."""
-
-
-class ContrastiveObjective(Objective):
-    """CE on the class head + λ × the class-level image–text term (`class_text_loss`).
-
-    Each image is scored against the C class-prompt embeddings from the live text tower with
-    the model's own loss family (softmax for CLIP, sigmoid for SigLIP). The class texts are the
-    same in every process, so nothing is gathered across processes. Subclasses change how image
-    features are computed (A-CLIP: from the kept tokens only).
-    """
-
-    def __init__(self, prompts: nn.Module, weight: float) -> None:
-        self.prompts, self.weight = prompts, weight
-
-    def image_features(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return model.image_features(batch.images)
-
-    def loss(self, model, batch):
-        features = self.image_features(model, batch)
-        logits = model.head(features)
-        cross_entropy = F.cross_entropy(logits, batch.labels)
-        if self.weight:
-            image_text = class_text_loss(features, self.prompts(model.clip), batch.labels,
-                                         model.clip)
-        else:  # A-CLIP with λ = 0: masking alone, no text tower to run (nor, maybe, built)
-            image_text = cross_entropy.new_zeros(())
-        return (cross_entropy + self.weight * image_text, logits,
-                torch.stack([cross_entropy.detach(), image_text.detach()]))
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on biases, norms, embeddings of rank 1 and logit scale/bias."""
     decay, no_decay = [], []
@@ -159,87 +89,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                   steps_per_epoch: int) -> CosineLRScheduler:
-    """Linear warmup to `lr`, then cosine decay to zero at the last optimiser step."""
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """timm's CosineLRScheduler: linear warmup to `lr`, then cosine decay to zero at the last
+    optimiser step."""
+    from timm.scheduler import CosineLRScheduler
+
     total = config.epochs * steps_per_epoch
     warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
     return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=0.0,
                              warmup_t=warmup, warmup_lr_init=config.lr * 1e-3,
                              warmup_prefix=True, t_in_epochs=False)
-
-
-class CachedSplit:
-    """A split of the uint8 cache: on the GPU when it fits in `device_fraction` of the free
-    memory, else in host memory with each batch pinned and copied asynchronously."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device,
-                 device_fraction: float = 0.5) -> None:
-        array = torch.from_numpy(np.array(images))  # reads a memory-mapped cache into RAM
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-        self.device = device
-        fits = device.type == "cuda" and \
-            array.numel() < device_fraction * torch.cuda.mem_get_info(device)[0]
-        self.images = array.to(device) if fits else array
-        self.resident = fits or device.type != "cuda"
-        """Whether batches are indexed where the images are (the GPU, or a CPU run's RAM),
-        rather than gathered on the host and uploaded."""
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def nbytes(self) -> int:
-        return self.images.numel() * self.images.element_size()
-
-    def host_index(self, order: torch.Tensor) -> torch.Tensor:
-        """`order` ready for `batches`: in pinned memory on a GPU, so that each batch's
-        indices go up without blocking the host."""
-        return order.pin_memory() if self.device.type == "cuda" else order
-
-    def batches(self, order: torch.Tensor, size: int,
-                with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
-        """(uint8 images, labels[, rows]) on the device, in `order` (a CPU index tensor; pass
-        it through `host_index` first where no host sync is wanted)."""
-        for start in range(0, len(order), size):
-            index = order[start:start + size]
-            on_device = index.to(self.device, non_blocking=True)
-            if self.resident:
-                images = self.images[on_device]
-            else:  # indexing copies the batch; pinning that copy makes the upload async
-                images = self.images[index].pin_memory().to(self.device, non_blocking=True)
-            yield (images, self.labels[on_device], on_device) if with_index else \
-                (images, self.labels[on_device])
-
-
-def resident_cache_bytes(*splits: CachedSplit) -> int:
-    """Bytes of the image cache held where the run's peak memory is measured (the GPU's
-    memory, or a CPU run's resident set)."""
-    return sum(split.nbytes for split in splits if split.resident)
-
-
-PROC_SELF = Path("/proc/self")
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start this epoch's peak: CUDA's allocator statistics, or on Linux the peak resident set
-    (VmHWM; getrusage's ru_maxrss would also count the memory of the process this one was
-    forked from, a 4 GB test runner say)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        (PROC_SELF / "clear_refs").write_text("5")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory since `reset_peak_memory`; on CPU, the peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        status = (PROC_SELF / "status").read_text()
-        return int(status.split("VmHWM:")[1].split()[0]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @torch.no_grad()
@@ -272,18 +131,6 @@ def evaluate(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch
                         (logits.argmax(dim=1) == labels).sum().float()]).double()
     loss, accuracy = (world.reduce_(sums) / len(split)).tolist()
     return loss, accuracy
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (before reading a clock)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class TrainStep(nn.Module):
@@ -334,24 +181,6 @@ def accumulate_gradients(step: nn.Module, micro_batches: Iterable[Batch], group_
             bar.update(len(labels) * world_size)
         batch = following
     return term_sums, correct, finite
-
-
-def effective_batches(order: torch.Tensor, batch_size: int, world_size: int,
-                      drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """The epoch's effective batches; the last is cut to a multiple of world_size (dropped
-    if smaller), or dropped whenever short with `drop_last`, so every process gets an equal
-    share of every step."""
-    for start in range(0, len(order), batch_size):
-        group = order[start:start + batch_size]
-        usable = len(group) - len(group) % world_size
-        if usable and not (drop_last and len(group) < batch_size):
-            yield group[:usable]
-
-
-def steps_per_epoch(images: int, batch_size: int, world_size: int,
-                    drop_last: bool = False) -> int:
-    return sum(1 for _ in effective_batches(torch.arange(images), batch_size, world_size,
-                                            drop_last))
 
 
 _NO_BAD_STEP = 2**62

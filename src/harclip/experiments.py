@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harclip.config import METHODS, load_params, section_names
+from harclip.config import LABELS, METHODS, load_params, section_names
 
-LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
 ABLATION = [  # (label, saliency, keep ratio), in the order they are queued
     ("attentive, teacher every step", "teacher", 0.75),
     ("random (FLIP)", "random", 0.75),

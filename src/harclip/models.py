@@ -8,18 +8,38 @@ ViT) and `harclip-tiny-siglip` (a timm ViT tower with attention pooling, like Si
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from harclip.config import TrainConfig
+from harclip.har import CLASS_NAMES
 from harclip.stage import StageError
 
+
+def _import_open_clip():
+    """open_clip without transformers, which it imports (about 1 s) for CoCa and Hugging Face
+    text towers that harclip does not build; its Hugging Face tokenizers (SigLIP's) import
+    transformers themselves when one is used."""
+    if "transformers" in sys.modules:
+        import open_clip
+        return open_clip
+    sys.modules["transformers"] = None  # importing it raises ImportError meanwhile
+    try:
+        import open_clip
+    finally:
+        del sys.modules["transformers"]
+    return open_clip
+
+
+open_clip = _import_open_clip()
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
@@ -86,6 +106,8 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
                              f"{', '.join(tags) or 'none'}; or give a local checkpoint file)")
     if normalisation is None and pretrained and Path(pretrained).is_file():
         normalisation = tag_normalisation(name)
+    if open_clip.get_model_config(name)["text_cfg"].get("hf_model_name"):
+        importlib.reload(open_clip.hf_model)  # a Hugging Face text tower needs transformers
     try:
         return open_clip.create_model(name, pretrained=pretrained or None,
                                       force_image_size=image_size,
@@ -228,6 +250,33 @@ def build_classifier(name: str, pretrained: str | None, num_classes: int,
     """A backbone by name with an (uninitialised) class head of the right width."""
     clip = create_backbone(name, pretrained, image_size, normalisation)
     return HarClassifier(clip, num_classes, open_clip.get_model_config(name)["embed_dim"])
+
+
+def build_model(config: TrainConfig, class_names: Sequence[str] = CLASS_NAMES, tokenizer=None
+                ) -> tuple[HarClassifier, PromptEncoder | None]:
+    """The classifier with its class head, and the class-prompt encoder when the run uses text
+    (a `text` head or an image–text term; `tokenizer` defaults to the model's own)."""
+    unknown = sorted(set(config.prompt_names) - set(class_names))
+    if unknown:
+        raise StageError(f"prompt_names: {', '.join(map(repr, unknown))} not among the "
+                         f"{len(class_names)} classes of the data")
+    model = build_classifier(config.model, config.pretrained, len(class_names),
+                             config.image_size)
+    prompts = None
+    if config.head_init == "text" or config.contrastive_weight:
+        prompts = PromptEncoder(tokenizer or create_tokenizer(config.model), class_names,
+                                config.prompt_templates, config.prompt_names)
+    with torch.no_grad():
+        init_head(model, config.head_init,
+                  prompts(model.clip) if config.head_init == "text" else None)
+    if not config.contrastive_weight:
+        # The text tower served at most to initialise the head: freeze it (no optimiser state).
+        trainable = {id(p) for p in model.clip.visual.parameters()} | \
+            {id(p) for p in model.head.parameters()}
+        for param in model.parameters():
+            param.requires_grad_(id(param) in trainable)
+    return model, prompts
+
 
 
 def save_checkpoint(path: Path, model: HarClassifier, name: str, class_names: Sequence[str],

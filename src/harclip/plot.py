@@ -16,16 +16,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
-from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
 from harclip import records, stage
-from harclip.config import METHODS, PlotConfig, load_params
+from harclip.config import LABELS, METHODS, PlotConfig, load_params
 
-LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
-COLOURS = {"clip": "#1f77b4", "sglip": "#d62728", "aclip": "#2ca02c"}
-CELL_VALUES_UP_TO = 25
-"""Classes up to which confusion-matrix cells carry their value; beyond, colour only."""
 TOP_CONFUSIONS = 10
 
 
@@ -49,55 +43,6 @@ def read_json(path: Path, stage_name: str) -> dict:
     return json.loads(_read(path, stage_name))
 
 
-def plot_curves(name: str, epochs: list[dict], path: Path, dpi: int) -> None:
-    x = [row["epoch"] for row in epochs]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    acc, loss = fig.subplots(1, 2)
-    for split, style in (("train", "--"), ("val", "-")):
-        acc.plot(x, [row[f"{split}_acc"] for row in epochs], style, marker="o", label=split,
-                 color=COLOURS[name])
-        loss.plot(x, [row[f"{split}_loss"] for row in epochs], style, marker="o", label=split,
-                  color=COLOURS[name])
-    if any(row["train_image_text_loss"] for row in epochs):
-        loss.plot(x, [row["train_image_text_loss"] for row in epochs], ":", marker=".",
-                  color="grey", label="train image–text term")
-    acc.set(title=f"{LABELS[name]}: accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
-    loss.set(title=f"{LABELS[name]}: loss", xlabel="epoch", ylabel="cross-entropy")
-    for axis in (acc, loss):
-        axis.grid(alpha=0.3)
-        axis.legend()
-    fig.savefig(path, dpi=dpi)
-
-
-def plot_confusion(name: str, predictions: list[dict], class_names: list[str], split: str,
-                   path: Path, dpi: int) -> np.ndarray:
-    """The row-normalised confusion matrix, sized for the number of classes; returns the
-    matrix of counts."""
-    counts = confusion_matrix([r["actual"] for r in predictions],
-                              [r["predicted"] for r in predictions], labels=class_names)
-    rows = counts.sum(axis=1, keepdims=True)
-    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    classes = len(class_names)
-    side = max(6.0, 0.45 * classes + 3)
-    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
-    axis = fig.subplots()
-    display = ConfusionMatrixDisplay(normalised,
-                                     display_labels=[n.replace("_", " ") for n in class_names])
-    display.plot(ax=axis, cmap="Blues", colorbar=True, xticks_rotation=45,
-                 include_values=classes <= CELL_VALUES_UP_TO, values_format=".2f",
-                 text_kw={"fontsize": 7 if classes <= 15 else 5})
-    tick_size = 10 if classes <= 15 else max(5, 10 - classes // 10)
-    for label in axis.get_xticklabels():
-        label.set(horizontalalignment="right", rotation_mode="anchor", fontsize=tick_size)
-    for label in axis.get_yticklabels():
-        label.set(fontsize=tick_size)
-    accuracy = np.mean([r["actual"] == r["predicted"] for r in predictions])
-    axis.set_title(f"{LABELS[name]}: confusion matrix, rows normalised "
-                   f"(accuracy {accuracy:.1%}, {len(predictions)} {split} images)")
-    fig.savefig(path, dpi=dpi)
-    return counts
-
-
 def confusions_table(name: str, counts: np.ndarray, class_names: list[str], split: str) -> str:
     """The most frequent confusions as text: at 40 classes the figure's cells are too small to
     read, a list is not."""
@@ -112,38 +57,6 @@ def confusions_table(name: str, counts: np.ndarray, class_names: list[str], spli
     if not pairs:
         lines.append("| — | — | 0 | — |")
     return "\n".join(lines) + "\n"
-
-
-def plot_val_accuracy(epochs: dict[str, list[dict]], classes: int, path: Path,
-                      dpi: int) -> None:
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    axis = fig.subplots()
-    for name, rows in epochs.items():
-        axis.plot([r["epoch"] for r in rows], [r["val_acc"] for r in rows], marker="o",
-                  label=LABELS[name], color=COLOURS[name])
-    axis.axhline(1 / classes, color="grey", linestyle=":", label="chance")
-    axis.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
-    axis.grid(alpha=0.3)
-    axis.legend()
-    fig.savefig(path, dpi=dpi)
-
-
-def plot_speed_memory(train: dict[str, dict], hardware: str, path: Path, dpi: int) -> None:
-    names = list(train)
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    speed, memory = fig.subplots(1, 2)
-    colours = [COLOURS[n] for n in names]
-    labels = [LABELS[n] for n in names]
-    for axis, key, title, unit in (
-            (speed, "mean_epoch_time_s", "Time per epoch (steady state)", "seconds"),
-            (memory, "peak_memory_mb", "Peak memory above the image cache", "MB")):
-        values = [train[n][key] for n in names]
-        bars = axis.bar(labels, values, color=colours)
-        axis.bar_label(bars, fmt="%.1f" if key.endswith("_s") else "%.0f")
-        axis.set(title=title, ylabel=unit)
-        axis.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"on {hardware}", fontsize=8)
-    fig.savefig(path, dpi=dpi)
 
 
 def epochs_table(name: str, epochs: list[dict]) -> str:
@@ -191,6 +104,8 @@ def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
 def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
          metrics_dir: Path = Path("metrics"), out_dir: Path = Path("plots")) -> None:
     """Write every figure and table into `out_dir`."""
+    from harclip import figures
+
     epochs = {name: read_epochs(logs_dir, name) for name in METHODS}
     train = {name: read_json(logs_dir / name / "run.json", f"train_{name}")
              for name in METHODS}
@@ -199,17 +114,17 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
     out_dir.mkdir(parents=True, exist_ok=True)
     confusions = []
     for name in METHODS:
-        plot_curves(name, epochs[name], out_dir / f"{name}_curves.png", config.dpi)
+        figures.plot_curves(name, epochs[name], out_dir / f"{name}_curves.png", config.dpi)
         predictions = list(csv.DictReader(_read(metrics_dir / name / "predictions.csv",
                                                 f"evaluate@{name}").splitlines()))
         classes, split = reports[name]["classes"], reports[name]["predictions_split"]
-        counts = plot_confusion(name, predictions, classes, split,
-                                out_dir / f"{name}_confusion.png", config.dpi)
+        counts = figures.plot_confusion(name, predictions, classes, split,
+                                        out_dir / f"{name}_confusion.png", config.dpi)
         confusions.append(confusions_table(name, counts, classes, split))
     hardware = train[METHODS[0]].get("hardware", "unknown hardware")
-    plot_val_accuracy(epochs, len(reports[METHODS[0]]["classes"]),
-                      out_dir / "compare_val_accuracy.png", config.dpi)
-    plot_speed_memory(train, hardware, out_dir / "compare_speed_memory.png", config.dpi)
+    figures.plot_val_accuracy(epochs, len(reports[METHODS[0]]["classes"]),
+                              out_dir / "compare_val_accuracy.png", config.dpi)
+    figures.plot_speed_memory(train, hardware, out_dir / "compare_speed_memory.png", config.dpi)
     (out_dir / "epochs.md").write_text("\n".join(epochs_table(n, epochs[n]) for n in METHODS))
     (out_dir / "confusions.md").write_text("\n".join(confusions))
     (out_dir / "summary.md").write_text(summary_table(train, reports)

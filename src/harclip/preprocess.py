@@ -10,44 +10,23 @@ when more than `max_bad_fraction` of them are bad.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import multiprocessing
 import os
 import re
-import shutil
-import signal
-import threading
-import time
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from harclip import stage
+from harclip.cache import CACHE_DIR, SPLITS, CacheItem, write_cache
 from harclip.config import PreprocessConfig, load_params
+from harclip.decode import Rejected, decode_file, summarise, worker_setup
 from harclip.har import CLASSES_JSON, IMAGE_DIR, LABELS_CSV, read_classes, read_labels_csv
 
-CACHE_DIR = Path("data/cache")
 RAW_DIR = Path("data/raw")
-SPLITS = ("train", "val", "test")
-SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
-DEFAULT_MAX_PIXELS = PreprocessConfig().max_image_pixels
-FREE_SPACE_MARGIN = 16 * 2**20
-
-
-class BadImage(ValueError):
-    """An image file that cannot be used; the message is the reason written to the report."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -57,113 +36,6 @@ class Candidate:
     filename: str
     label: int
     split: str = ""
-
-
-# Why an input is skipped, as a kind the report and the log summary group by.
-REJECTION_KINDS = {
-    "conflicting_labels": "listed with conflicting labels",
-    "duplicate_row": "duplicate row",
-    "unknown_label": "unknown label",
-    "missing_file": "listed but missing",
-    "unlisted_file": "not listed (no label)",
-    "unreadable": "unreadable",
-    "empty_file": "empty file",
-    "not_an_image": "not an image",
-    "corrupt_image": "corrupt or truncated image",
-    "too_large": "too many pixels",
-    "outside_dataset": "outside the dataset folder",
-    "ambiguous_name": "ambiguous base name",
-    "unknown_split": "unknown split",
-}
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """An input that was skipped: its kind (a key of REJECTION_KINDS) and the details."""
-
-    filename: str
-    kind: str
-    reason: str
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB: 16-bit scaled down, transparency composited on white."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return image.convert("RGB")
-
-
-def fit_square(image: Image.Image, size: int, fit: str) -> Image.Image:
-    """Resize to size×size: `crop` keeps the centre square, `squash` keeps everything."""
-    if fit == "squash":
-        return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-
-
-def decode(data: bytes, size: int, fit: str = "crop",
-           max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Bytes of any image file to a 3×size×size uint8 array, EXIF orientation applied.
-
-    An image of more than `max_pixels` is refused before its pixels are decoded: a small
-    file can hold a huge image (a decompression bomb) that would exhaust the memory.
-    """
-    if not data:
-        raise BadImage("empty_file", "empty file (0 bytes)")
-    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL refuses at open beyond twice this
-    try:
-        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below
-            width, height = image.size
-            if width * height > max_pixels:
-                raise Image.DecompressionBombError(f"{width}×{height}")
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            rgb = fit_square(to_rgb(image), size, fit)
-    except Image.DecompressionBombError as err:
-        raise BadImage("too_large", f"too many pixels ({err}; more than "
-                                    f"preprocess.max_image_pixels = {max_pixels:,})") from err
-    except UnidentifiedImageError as err:
-        raise BadImage("not_an_image", "not an image file") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise BadImage("corrupt_image", f"corrupt or truncated image ({err})") from err
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
-
-
-def _decode_file(job: tuple[Path, int, str, int]) -> tuple[np.ndarray | None, str, str]:
-    """Worker: (array, sha256 of the bytes, "") or (None, rejection kind, reason)."""
-    path, size, fit, max_pixels = job
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        return None, "unreadable", f"unreadable ({err.strerror})"
-    try:
-        return decode(data, size, fit, max_pixels), hashlib.sha256(data).hexdigest(), ""
-    except BadImage as err:
-        return None, err.kind, str(err)
-
-
-def _worker_setup(parent: int) -> None:
-    """Pool-worker initialiser. Ctrl-C is the stage's to handle (it ends the pool); a worker
-    ends by itself once its parent is gone (a SIGKILLed stage would otherwise leave its
-    workers blocked forever)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool's terminate() ends it quietly
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
@@ -289,83 +161,6 @@ def assign_splits(labels: Sequence[int], hashes: Sequence[str], val_fraction: fl
     return split
 
 
-def write_report(path: Path, rejected: list[Rejected]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("filename", "kind", "reason"))
-        writer.writerows((r.filename, r.kind, r.reason) for r in rejected)
-
-
-def summarise(rejected: list[Rejected]) -> str:
-    """One line: how many inputs were skipped of each kind, most frequent first."""
-    kinds = Counter(r.kind for r in rejected)
-    return "; ".join(f"{count} × {REJECTION_KINDS[kind]}" for kind, count in kinds.most_common())
-
-
-def check_free_space(folder: Path, needed: int) -> None:
-    """Fail before writing when `folder`'s file system has less than `needed` bytes free: a
-    full disk would otherwise end the stage halfway."""
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < needed + FREE_SPACE_MARGIN:
-        raise stage.StageError(
-            f"{folder}: the cache needs {needed / 2**20:,.0f} MB but only {free / 2**20:,.0f} MB "
-            f"are free there; free some space or lower preprocess.image_size")
-
-
-@dataclass(frozen=True)
-class CacheItem:
-    """One decoded image and what the manifest records of it."""
-
-    filename: str
-    label: int
-    sha256: str
-    image: np.ndarray
-
-
-def _write_images(path: Path, images: Sequence[np.ndarray], size: int) -> None:
-    """An .npy of N×3×S×S uint8 written sequentially: a full disk raises ENOSPC here, where a
-    memory-mapped write would die of SIGBUS."""
-    header = {"descr": "|u1", "fortran_order": False, "shape": (len(images), 3, size, size)}
-    with open(path, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, header)
-        for image in images:
-            handle.write(np.ascontiguousarray(image, dtype=np.uint8).data)
-
-
-def write_cache(out_dir: Path, items: Sequence[CacheItem], split_of: np.ndarray,
-                classes: Sequence[str], image_size: int, rejected: Sequence[Rejected] = (),
-                **summary) -> dict:
-    """Write the cache atomically: per split its images, labels and manifest rows; the class
-    names, the bad-file report and a summary that `load_split` checks the arrays against."""
-    check_free_space(out_dir.parent, len(items) * (3 * image_size**2 + 8) + 200 * len(items))
-    summary = {"image_size": image_size, "classes": len(classes), **summary,
-               "bad_files": len(rejected),
-               "duplicate_groups": sum(1 for n in Counter(i.sha256 for i in items).values()
-                                       if n > 1)}
-    with stage.atomic_directory(out_dir) as staging:
-        manifest = []
-        for index, split in enumerate(SPLITS):
-            members = [items[i] for i in np.flatnonzero(split_of == index)]
-            summary[f"{split}_images"] = len(members)
-            if not members:
-                continue
-            _write_images(staging / f"{split}_images.npy", [m.image for m in members],
-                          image_size)
-            np.save(staging / f"{split}_labels.npy",
-                    np.asarray([m.label for m in members], dtype=np.int64))
-            manifest += [(split, row, m.filename, classes[m.label], m.sha256)
-                         for row, m in enumerate(members)]
-        with open(staging / "manifest.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(("split", "index", "filename", "label", "sha256"))
-            writer.writerows(manifest)
-        write_report(staging / "bad_files.csv", list(rejected))
-        (staging / CLASSES_JSON).write_text(json.dumps(list(classes), indent=2) + "\n")
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
 def preprocess(config: PreprocessConfig, raw_dir: Path = RAW_DIR,
                out_dir: Path = CACHE_DIR) -> dict:
     """Decode, split and cache `raw_dir` into `out_dir` atomically; return the summary."""
@@ -376,9 +171,9 @@ def preprocess(config: PreprocessConfig, raw_dir: Path = RAW_DIR,
     kept: list[tuple[Candidate, CacheItem]] = []
     # multiprocessing's Pool, not ProcessPoolExecutor: leaving its block on an error or a
     # stop terminates the workers at once instead of decoding everything still queued.
-    with multiprocessing.Pool(workers, initializer=_worker_setup,
+    with multiprocessing.Pool(workers, initializer=worker_setup,
                               initargs=(os.getpid(),)) as pool:
-        results = pool.imap(_decode_file, jobs,
+        results = pool.imap(decode_file, jobs,
                             chunksize=max(1, min(64, len(jobs) // workers)))
         decoded = stage.progress(zip(candidates, results, strict=True), total=len(jobs),
                                  desc="decoding", unit="img")
@@ -429,52 +224,6 @@ def _splits(config: PreprocessConfig, candidates: list[Candidate],
         stage.log.warning("preprocess: %d byte-identical images sit in more than one of the "
                           "given splits", straddling)
     return split_of
-
-
-def read_summary(cache_dir: Path) -> dict:
-    path = cache_dir / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: cache not found; run `dvc repro preprocess`")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise stage.StageError(f"{path}: unreadable ({err}); rebuild the cache with "
-                               f"`dvc repro preprocess`") from err
-
-
-def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split's images (memory-mapped, N×3×S×S uint8) and labels (int64) from the cache,
-    checked against the cache's summary: a truncated or mismatched cache is an error, never a
-    silently wrong accuracy. An empty split (no test split asked for) has zero rows."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    summary = read_summary(cache_dir)
-    count, size = summary.get(f"{split}_images", 0), summary["image_size"]
-    if not count:
-        return np.zeros((0, 3, size, size), np.uint8), np.zeros(0, np.int64)
-    images_path, labels_path = (cache_dir / f"{split}_{kind}.npy" for kind in ("images",
-                                                                               "labels"))
-    rebuild = "rebuild the cache with `dvc repro preprocess` (or `dvc checkout data/cache`)"
-    try:
-        images = np.load(images_path, mmap_mode="r")
-        labels = np.load(labels_path)
-    except (OSError, ValueError) as err:
-        raise stage.StageError(f"{images_path.parent}: the {split} split is missing or "
-                               f"truncated ({err}); {rebuild}") from err
-    if images.shape != (count, 3, size, size) or images.dtype != np.uint8 or \
-            labels.shape != (count,):
-        raise stage.StageError(
-            f"{images_path}: {images.shape} {images.dtype} images and {labels.shape[0]} "
-            f"labels, where summary.json says {count} images at {size} px; {rebuild}")
-    return images, labels
-
-
-def cache_classes(cache_dir: Path) -> list[str]:
-    """The class names, in label order, that the cache was written with."""
-    path = cache_dir / CLASSES_JSON
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `dvc repro preprocess`")
-    return json.loads(path.read_text())
 
 
 def main() -> None:

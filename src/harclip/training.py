@@ -1,0 +1,279 @@
+"""The train_<method> stages' work: fine-tune one model and keep its best epoch.
+
+Writes models/<name>.pt (the best-val-acc weights, with everything needed to use them) and,
+in logs/<name>/, DVCLive's per-epoch series, params and summary (the stage's metrics), the
+console's epoch lines (train.log) and run.json (see `harclip.records`).
+
+A run keeps its state after every epoch in .harclip/resume/<name>/ (outside the stage's
+outputs, which DVC deletes before it reruns a stage): rerun after an interruption and it
+continues from its last complete epoch, unless its params or data changed since. A finished
+run removes that state, so the next run starts afresh. Under torchrun only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harclip import distributed, stage
+from harclip.aclip import AclipObjective
+from harclip.augment import DeviceAugment
+from harclip.cache import CACHE_DIR, cache_classes, load_split
+from harclip.config import AclipTrainConfig, TrainConfig
+from harclip.distributed import World
+from harclip.engine import EpochRecord, Trainer
+from harclip.feed import CachedSplit
+from harclip.hardware import describe
+from harclip.models import (
+    HarClassifier,
+    PromptEncoder,
+    build_model,
+    image_normalisation,
+    model_image_size,
+    save_atomically,
+    save_checkpoint,
+)
+from harclip.objectives import ContrastiveObjective, Objective
+from harclip.records import RunLog
+from harclip.stage import StageError
+
+RESUME_DIR = Path(".harclip/resume")
+RESUME_FORMAT = "harclip-resume"
+RESUME_INDEPENDENT = ("nprocs", "log_every")
+"""Params a run can resume across: the trajectory does not depend on them."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_objective(config: TrainConfig, model: HarClassifier,
+                    prompts: PromptEncoder | None) -> Objective:
+    if isinstance(config, AclipTrainConfig):
+        return AclipObjective(model, prompts, config.aclip, config.contrastive_weight,
+                              config.seed)
+    if config.contrastive_weight:
+        return ContrastiveObjective(prompts, config.contrastive_weight)
+    return Objective()
+
+
+def run_fingerprint(config: TrainConfig, cache_dir: Path, device: torch.device) -> str:
+    """What a resumed run must share with the interrupted one: its params (but those in
+    RESUME_INDEPENDENT), its data (the cache's manifest of file hashes, or its labels) and the
+    kind of device (`device: auto` on a GPU and on a CPU are different runs: their random
+    streams are of different generators)."""
+    digest = hashlib.sha256()
+    params = {k: v for k, v in asdict(config).items() if k not in RESUME_INDEPENDENT}
+    params["device_type"] = device.type
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    manifest = cache_dir / "manifest.csv"
+    for path in [manifest] if manifest.is_file() else sorted(cache_dir.glob("*_labels.npy")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_resume_state(path: Path, fingerprint: str) -> dict | None:
+    """The trainer state saved by an interrupted run with this fingerprint, else None.
+
+    Loaded on the CPU whatever the run's device: `Trainer.load_state_dict` moves weights and
+    optimiser state to their parameters, and random-generator states must stay CPU tensors.
+    """
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say so and start afresh
+        stage.log.warning("%s: unreadable (%s); starting afresh", path, err)
+        return None
+    if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
+        stage.log.warning("%s: not a harclip resume state; starting afresh", path)
+        return None
+    if saved["fingerprint"] != fingerprint:
+        stage.log.info("%s: saved by a run with other params or data; starting afresh", path)
+        return None
+    return saved["trainer"]
+
+
+def save_resume_state(path: Path, fingerprint: str, trainer: Trainer) -> None:
+    save_atomically({"format": RESUME_FORMAT, "fingerprint": fingerprint,
+                     "trainer": trainer.state_dict()}, path)
+
+
+def timing_summary(history: list[EpochRecord]) -> dict:
+    """Speed and memory over the run. The headline time and throughput are the steady state:
+    every epoch but the warm-up ones (the first, and a resumed run's first, which compile and
+    warm up again), whose time is reported apart."""
+    steady = [r for r in history if not r.warm_up] or history
+    return {
+        "mean_epoch_time_s": float(np.mean([r.epoch_time_s for r in steady])),
+        "mean_refresh_time_s": float(np.mean([r.refresh_time_s for r in steady])),
+        "mean_images_per_s": float(np.mean([r.images_per_s for r in steady])),
+        "first_epoch_time_s": history[0].epoch_time_s,
+        "peak_memory_mb": max(r.peak_memory_mb for r in history),
+    }
+
+
+def best_so_far(checkpoint: Path) -> dict:
+    """The epoch and val acc of a run's best checkpoint so far, read from the file itself."""
+    if not checkpoint.is_file():
+        return {"val_acc": -1.0}
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return {"val_acc": saved["val_acc"], "epoch": saved["epoch"]}
+
+
+def headline(history: list[EpochRecord], best: dict) -> dict:
+    """The summary `dvc exp show` lists per model (records.HEADLINE): the best epoch so far,
+    and the steady-state time per epoch, throughput and peak memory. Its val accuracy is
+    evaluate's (eval.json), on the same checkpoint."""
+    timing = timing_summary(history)
+    return {"best_epoch": best["epoch"],
+            "epoch_s": round(timing["mean_epoch_time_s"], 3),
+            "img_s": round(timing["mean_images_per_s"], 1),
+            "peak_mb": round(timing["peak_memory_mb"], 1)}
+
+
+def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
+        models_dir: Path = Path("models"), logs_dir: Path = Path("logs"),
+        resume_dir: Path = RESUME_DIR) -> dict:
+    """Train one model (resuming an interrupted run of the same params and data); write its
+    checkpoint and logs from rank 0 and return run.json's content there (elsewhere {})."""
+    world = distributed.join(config.device)
+    try:
+        with run_lock(resume_dir / f"{name}.lock", f"train_{name}", world):
+            return _run(name, config, world, cache_dir, models_dir, logs_dir,
+                        resume_dir / name)
+    finally:
+        distributed.leave()
+
+
+@contextlib.contextmanager
+def run_lock(lock_file: Path, what: str, world: World) -> Iterator[None]:
+    """One live run per model: rank 0 holds the lock, and every process stops together when
+    it cannot (a second run would resume from, or delete, the state the live one writes)."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if world.is_main:
+            try:
+                stack.enter_context(stage.exclusive(lock_file, what))
+            except StageError as err:
+                refused = err
+        if world.reduce(refused is not None, "max"):
+            raise refused or StageError(f"{what}: rank 0 could not take the run's lock")
+        yield
+
+
+def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_dir: Path,
+         logs_dir: Path, work_dir: Path) -> dict:
+    seed_everything(config.seed)
+    device = world.device
+    if world.local_size != config.nprocs:
+        stage.log.warning("%d processes on this machine, not the %d of nprocs: torchrun's "
+                          "own --nproc-per-node decides (the results do not depend on it)",
+                          world.local_size, config.nprocs)
+    train_images, train_labels = load_split(cache_dir, "train")
+    val_images, val_labels = load_split(cache_dir, "val")
+    class_names = cache_classes(cache_dir)
+    model, prompts = build_model(config, class_names)
+    model.to(device)
+    if prompts is not None:
+        prompts.to(device)
+    objective = build_objective(config, model, prompts)
+    if config.compile:
+        model.clip.visual.compile()
+    augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip),
+                            scale=(config.augment.scale_min, 1.0), flip=config.augment.flip)
+    train_split = CachedSplit(train_images, train_labels, device)
+    val_split = CachedSplit(val_images, val_labels, device)
+    trainer = Trainer(model, objective, train_split, val_split, augment, config, world)
+    fingerprint = run_fingerprint(config, cache_dir, device)
+    state_path, best_path = work_dir / "state.pt", work_dir / "best.pt"
+    resumed = load_resume_state(state_path, fingerprint) \
+        if best_path.is_file() else None  # each epoch writes best.pt before the state
+    # Also a barrier: every process has read the state before rank 0 may clear it.
+    if world.reduce(resumed is None, "max") != world.reduce(resumed is None, "min"):
+        raise StageError(f"{state_path}: not every process can read this resume state; put "
+                         f"the repo on a file system all machines share, or delete it")
+    if resumed is not None:
+        trainer.load_state_dict(resumed)
+    elif world.is_main and work_dir.exists():
+        shutil.rmtree(work_dir)
+    best = best_so_far(best_path) if resumed is not None else {"val_acc": -1.0}
+    run_log = RunLog(name, logs_dir / name, asdict(config)) if world.is_main else None
+    stage.log.info("%s: %s (pretrained: %s) on %s%s, %d train / %d val images, %d epochs",
+                   name, config.model, config.pretrained, device,
+                   f" × {world.size} processes" if world.size > 1 else "", len(train_split),
+                   len(val_split), config.epochs)
+    if resumed is not None and world.is_main:
+        stage.log.info("%s: resuming after epoch %d from %s", name, len(trainer.history),
+                       state_path)
+        for done in range(1, len(trainer.history) + 1):
+            history = trainer.history[:done]
+            run_log.epoch(history[-1], headline(history, best_of(history)))
+
+    save_times = []  # the epoch's saves happen after its time is taken: reported apart
+
+    def on_epoch(record: EpochRecord) -> None:
+        if not world.is_main:
+            return
+        started = time.perf_counter()
+        if record.val_acc > best["val_acc"]:
+            best.update(val_acc=record.val_acc, epoch=record.epoch)
+            save_checkpoint(best_path, model, config.model, class_names, {
+                "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
+        run_log.epoch(record, headline(trainer.history, best))
+        save_resume_state(state_path, fingerprint, trainer)
+        save_times.append(time.perf_counter() - started)
+
+    try:
+        history = trainer.fit(on_epoch, describe=name)
+    except KeyboardInterrupt:
+        if state_path.is_file():
+            stage.log.error("%s: interrupted; rerun to resume after the last complete epoch "
+                            "(state in %s)", name, work_dir)
+        raise
+    finally:
+        if run_log is not None:
+            run_log.close()
+    if not world.is_main:
+        return {}
+    checkpoint = models_dir / f"{name}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    best_path.replace(checkpoint)
+    summary = {
+        "model": config.model, "pretrained": config.pretrained,
+        "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+        "final_val_acc": history[-1].val_acc, "final_train_acc": history[-1].train_acc,
+        **timing_summary(history),
+        "mean_save_time_s": float(np.mean(save_times)) if save_times else 0.0,
+        "cache_mb": (train_split.nbytes + val_split.nbytes) / 2**20,
+        "cache_on_device": trainer.cache_bytes > 0 and device.type == "cuda",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "device": str(device),
+        "processes": world.size,
+        "hardware": describe(),
+    }
+    run_log.finish(summary)
+    shutil.rmtree(work_dir)
+    stage.log.info("%s: best val acc %.3f at epoch %d, checkpoint %s", name,
+                   summary["best_val_acc"], summary["best_epoch"], checkpoint)
+    return summary
+
+
+def best_of(history: list[EpochRecord]) -> dict:
+    """The best epoch among `history` as training chose it: the first with the highest val
+    acc (a resumed run replays its restored epochs with it)."""
+    top = max(history, key=lambda record: record.val_acc)
+    return {"val_acc": top.val_acc, "epoch": top.epoch}
