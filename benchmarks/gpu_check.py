@@ -11,14 +11,18 @@ random initialisation (`--pretrained` keeps the recipe's weights, which must the
 local cache) and a random head (SigLIP's tokenizer is a hub download); interrupts the CLIP run
 after its first epoch and resumes it; evaluates and predicts (the stages' own functions) from
 the checkpoints written;
-counts host–device synchronisations per steady training step; with 2 or more GPUs, runs one
-stage with `nprocs: 2` (NCCL). It prints one table and writes it as gpu_check.json and
-gpu_check.md into OUT_DIR, with the stages' logs in gpu_check.log. Exit status 1 if a check
-failed.
+runs the CLIP stage under torchrun as a one-process group (DistributedDataParallel around the
+compiled tower, whatever the GPU count); counts host–device synchronisations per steady
+training step; with 2 or more GPUs, runs one stage with `nprocs: 2` (NCCL, compiled). It
+prints one table and writes it as gpu_check.json and gpu_check.md into OUT_DIR after every
+phase, with the stages' logs in gpu_check.log, so a run cut short still leaves a valid report.
+A phase past its time (`--budget-s` for the whole check) is a failed check whose processes are
+killed; once the budget is spent no phase starts, and those left are reported as not run.
+SIGTERM or Ctrl-C writes the report, then exits (143 / 130). Exit status 1 if a check failed.
 
 Figures come from the last epoch (steady state): the first includes compilation, reported as
 its excess over the last. A-CLIP refreshes its cached saliency every epoch here, so its
-refresh is measured in the steady epoch too.
+refresh is measured in the steady epoch too; validation runs eager and is timed apart.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,7 @@ import torch
 import yaml
 from PIL import Image
 
+from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.cache import CacheItem, load_split, write_cache
 from harclip.config import METHODS, EvaluateConfig, parse_params
@@ -65,6 +71,8 @@ TARGETS_S = {"clip": 1.7, "sglip": 3.5, "aclip": 2.9}
 """Steady-state seconds per HAR epoch on one H100 (issue 10's targets; A-CLIP's excludes its
 refresh, whose own target is REFRESH_TARGET_S)."""
 REFRESH_TARGET_S = 1.0
+MIN_CHILD_S = 30.0
+"""The least time a stage is given, however little of the budget is left when it starts."""
 
 
 @dataclass
@@ -74,11 +82,63 @@ class Check:
     detail: str
 
 
-class Workspace:
-    """A folder laid out as the repo (params.yaml, data/cache) where the stages run."""
+class PhaseTimeout(Exception):
+    """A stage ran past the time left; its processes were killed."""
 
-    def __init__(self, root: Path, log: Path) -> None:
-        self.root, self.log = root, log
+
+class Stopped(BaseException):
+    """SIGTERM: write the report, then exit (a BaseException, as Ctrl-C is: no phase takes
+    it for its own failure)."""
+
+
+@dataclass
+class Report:
+    """Everything measured so far, written out whole after every phase."""
+
+    out: Path
+    meta: dict
+    started: float = field(default_factory=time.perf_counter)
+    figures: dict = field(default_factory=dict)
+    syncs: dict = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    def write(self) -> str:
+        meta = {**self.meta, "wall_s": time.perf_counter() - self.started}
+        lines = [f"GPU check on {meta['hardware']}; torch {meta['torch']}; "
+                 f"{meta['train_images']} train / {meta['val_images']} val images at "
+                 f"{meta['image_size']} px; {meta['wall_s']:.0f} s in all", "",
+                 "| stage | img/s | s per HAR epoch | compile s | refresh s | val s "
+                 "| peak MB above cache | cache MB | syncs/step | one-H100 target |",
+                 "| :-- | --: | --: | --: | --: | --: | --: | --: | --: | :-- |"]
+        for method, row in self.figures.items():
+            sync = self.syncs.get(method)
+            lines.append(
+                f"| train_{method} | {row['images_per_s']:,.0f} | {row['har_epoch_s']:.2f} | "
+                f"{row['compile_s']:.1f} | {row['refresh_s']:.2f} | {row['val_s']:.2f} | "
+                f"{row['peak_mb_above_cache']:,.0f} | {row['cache_mb']:,.0f}"
+                f"{'' if row['cache_on_device'] else ' (host)'} | "
+                f"{'n/a' if sync is None else f'{sync:g}'} | {row['target']} |")
+        lines += ["", "| check | result | detail |", "| :-- | :-: | :-- |"]
+        lines += [f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail} |"
+                  for c in self.checks]
+        text = "\n".join(lines) + "\n"
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, content in (("gpu_check.md", text), ("gpu_check.json", json.dumps(
+                {**meta, "figures": self.figures, "syncs_per_step": self.syncs,
+                 "checks": [asdict(c) for c in self.checks]}, indent=2) + "\n")):
+            partial = self.out / f".{name}.partial"
+            partial.write_text(content)
+            partial.replace(self.out / name)
+        return text
+
+
+class Workspace:
+    """A folder laid out as the repo (params.yaml, data/cache) where the stages run, each
+    given at most the time left (`deadline`)."""
+
+    def __init__(self, root: Path, log: Path, deadline: float) -> None:
+        self.root, self.log, self.deadline = root, log, deadline
+        self.running: subprocess.Popen | None = None
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1",
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
                                                                 os.environ.get("PYTHONPATH")]))}
@@ -88,20 +148,45 @@ class Workspace:
         path.write_text(yaml.safe_dump(params, sort_keys=False))
         return path
 
-    def command(self, module: str, *args: str) -> list[str]:
-        return [sys.executable, "-m", f"harclip.{module}", *args]
+    def start(self, *args: str) -> subprocess.Popen:
+        """`python -m <args>` in its own process group (a stage and the workers it starts)."""
+        with open(self.log, "a") as handle:
+            handle.write(f"\n$ python -m {' '.join(args)}\n")
+            handle.flush()
+            self.running = subprocess.Popen([sys.executable, "-m", *args], cwd=self.root,
+                                            env=self.env, stdout=handle,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        return self.running
 
-    def start(self, module: str, *args: str) -> subprocess.Popen:
-        handle = open(self.log, "a")  # noqa: SIM115 - closed by run() / the caller's wait
-        handle.write(f"\n$ python -m harclip.{module} {' '.join(args)}\n")
-        handle.flush()
-        return subprocess.Popen(self.command(module, *args), cwd=self.root, env=self.env,
-                                stdout=handle, stderr=subprocess.STDOUT)
+    def wait(self, process: subprocess.Popen) -> int:
+        """The exit status, or PhaseTimeout once the time left is over (the process group
+        killed)."""
+        timeout = max(MIN_CHILD_S, self.deadline - time.perf_counter())
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise PhaseTimeout(f"killed after {timeout:.0f} s (the budget's time left)") \
+                from None
 
-    def run(self, module: str, *args: str, timeout: float = 600) -> tuple[int, float]:
+    def kill(self) -> None:
+        """End the running stage's process group: SIGTERM, then SIGKILL."""
+        process, self.running = self.running, None
+        if process is None or process.poll() is not None:
+            return
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(process.pid, sig)
+                process.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                return
+
+    def run(self, *args: str) -> tuple[int, float]:
         started = time.perf_counter()
-        process = self.start(module, *args)
-        return process.wait(timeout=timeout), time.perf_counter() - started
+        return self.wait(self.start(*args)), time.perf_counter() - started
 
 
 def build_cache(cache: Path, train: int, val: int, size: int) -> None:
@@ -115,13 +200,13 @@ def build_cache(cache: Path, train: int, val: int, size: int) -> None:
     write_cache(cache, items, split_of, list(CLASS_NAMES), size)
 
 
-def check_params(small: bool, pretrained: bool) -> dict:
+def check_params(small: bool, pretrained: bool, device: str) -> dict:
     """The recipe's params, shortened to 2 epochs (3 for the resumed run) with a random head."""
     params = yaml.safe_load((ROOT / "configs" / "har-recipe.yaml").read_text())
     for method in METHODS:
         section = params[f"train_{method}"]
         section.update(epochs=3 if method == RESUMED else 2, head_init="random",
-                       log_every=10**6, warmup_epochs=0.5)
+                       log_every=10**6, warmup_epochs=0.5, resume_every=1, device=device)
         if not pretrained:
             section["pretrained"] = None
         if small:
@@ -132,85 +217,79 @@ def check_params(small: bool, pretrained: bool) -> dict:
     return params
 
 
-def train_stages(ws: Workspace) -> tuple[list[Check], dict[str, dict]]:
-    """Every training stage, the CLIP run interrupted after epoch 1 and resumed."""
-    checks, figures = [], {}
-    for method in METHODS:
-        if method == RESUMED:
-            process = ws.start("train", method)
-            state = ws.root / ".harclip" / "resume" / method / "state.pt"
-            while not state.is_file() and process.poll() is None:
-                time.sleep(0.2)
-            process.send_signal(signal.SIGINT)
-            interrupted = process.wait(timeout=600)
-            checks.append(Check(f"train_{method}: Ctrl-C after epoch 1", interrupted == 130,
-                                f"exit status {interrupted} (130 expected)"))
-        code, seconds = ws.run("train", method)
-        ran = code == 0 and (ws.root / "models" / f"{method}.pt").is_file()
-        checks.append(Check(f"train_{method}", ran, f"exit status {code} in {seconds:.0f} s"))
-        if not ran:
-            continue
-        rows = read_epochs(ws.root / "logs" / method)
-        if method == RESUMED:
-            log = ws.log.read_text()
-            resumed = "resuming after epoch 1" in log and [r["epoch"] for r in rows] == [1, 2, 3]
-            checks.append(Check(f"train_{method}: resumed after epoch 1", resumed,
-                                f"epochs logged: {[int(r['epoch']) for r in rows]}"))
-        train = read_run(ws.root / "logs" / method)
-        last, first = rows[-1], rows[0]
-        figures[method] = {
-            "images_per_s": last["images_per_s"],
-            "har_epoch_s": HAR_TRAIN / last["images_per_s"],
-            "refresh_s": last["refresh_time_s"],
-            "compile_s": max(0.0, first["epoch_time_s"] - last["epoch_time_s"]),
-            "peak_mb_above_cache": last["peak_memory_mb"],
-            "cache_mb": train["cache_mb"],
-            "cache_on_device": train["cache_on_device"],
-            "val_acc": last["val_acc"],
-        }
-    return checks, figures
+def train_stage(ws: Workspace, method: str, report: Report) -> None:
+    """One training stage's own command; the CLIP run interrupted after epoch 1, resumed."""
+    if method == RESUMED:
+        process = ws.start("harclip.train", method)
+        state = ws.root / ".harclip" / "resume" / method / "state.pt"
+        while not state.is_file() and process.poll() is None \
+                and time.perf_counter() < ws.deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        interrupted = ws.wait(process)
+        report.checks.append(Check(f"train_{method}: Ctrl-C after epoch 1", interrupted == 130,
+                                   f"exit status {interrupted} (130 expected)"))
+    code, seconds = ws.run("harclip.train", method)
+    ran = code == 0 and (ws.root / "models" / f"{method}.pt").is_file()
+    report.checks.append(Check(f"train_{method}", ran, f"exit status {code} in {seconds:.0f} s"))
+    if not ran:
+        return
+    rows = read_epochs(ws.root / "logs" / method)
+    if method == RESUMED:
+        resumed = "resuming after epoch 1" in ws.log.read_text() and \
+            [r["epoch"] for r in rows] == [1, 2, 3]
+        report.checks.append(Check(f"train_{method}: resumed after epoch 1", resumed,
+                                   f"epochs logged: {[int(r['epoch']) for r in rows]}"))
+    train = read_run(ws.root / "logs" / method)
+    last, first = rows[-1], rows[0]
+    report.figures[method] = {
+        "images_per_s": last["images_per_s"],
+        "har_epoch_s": HAR_TRAIN / last["images_per_s"],
+        "refresh_s": last["refresh_time_s"],
+        "val_s": last["val_time_s"],
+        "compile_s": max(0.0, first["epoch_time_s"] - last["epoch_time_s"]),
+        "peak_mb_above_cache": last["peak_memory_mb"],
+        "cache_mb": train["cache_mb"],
+        "cache_on_device": train["cache_on_device"],
+        "val_acc": last["val_acc"],
+        "target": "n/a (no GPU run)",
+    }
 
 
-def evaluate_and_predict(ws: Workspace, device: torch.device) -> list[Check]:
+def evaluate_and_predict(ws: Workspace, device: torch.device, report: Report) -> None:
     """The evaluate stage's and predict's own functions on the checkpoints written (in this
     process: a stage's start costs more than its work here)."""
-    checks = []
     models, cache = ws.root / "models", ws.root / "data" / "cache"
     written = [m for m in METHODS if (models / f"{m}.pt").is_file()]
     for method in written:
         try:
             scores = evaluate(method, EvaluateConfig(device=str(device)), cache, models,
                               ws.root / "metrics")
-            checks.append(Check(f"evaluate@{method}", "val_acc" in scores,
-                                f"val accuracy {scores['val_acc']:.3f}"))
+            report.checks.append(Check(f"evaluate@{method}", "val_acc" in scores,
+                                       f"val accuracy {scores['val_acc']:.3f}"))
         except Exception as err:  # a check reports what broke and goes on
-            checks.append(Check(f"evaluate@{method}", False, f"{type(err).__name__}: {err}"))
+            report.checks.append(Check(f"evaluate@{method}", False,
+                                       f"{type(err).__name__}: {err}"))
     images, _ = load_split(cache, "val")
     folder = ws.root / "photos"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for index in range(8):
         Image.fromarray(np.asarray(images[index]).transpose(1, 2, 0)).save(folder / f"{index}.png")
     for method in written[:1]:
-        try:
-            model, meta = load_checkpoint(models / f"{method}.pt")
-            predicted, skipped = predict(model, meta, image_files([folder]), device=device)
-        except Exception as err:
-            checks.append(Check(f"predict with {method}.pt", False,
-                                f"{type(err).__name__}: {err}"))
-            continue
+        model, meta = load_checkpoint(models / f"{method}.pt")
+        predicted, skipped = predict(model, meta, image_files([folder]), device=device)
         ok = len(predicted) == 8 and not skipped and \
             all(set(p.labels) <= set(CLASS_NAMES) for p in predicted)
-        checks.append(Check(f"predict with {method}.pt", ok,
-                            f"{len(predicted)} of 8 images, {len(skipped)} skipped"))
-    return checks
+        report.checks.append(Check(f"predict with {method}.pt", ok,
+                                   f"{len(predicted)} of 8 images, {len(skipped)} skipped"))
 
 
-def syncs_per_step(params: dict, cache: Path, device: torch.device, steps: int = 3) -> dict:
+def syncs_per_step(params: dict, cache: Path, device: torch.device, report: Report,
+                   steps: int = 3) -> None:
     """Host–device synchronisations per steady training step of each stage's own model and
     objective (eager: compile only fuses kernels), counted by CUDA's sync debug mode."""
     if device.type != "cuda":
-        return {}
-    counts = {}
+        return
     images, labels = load_split(cache, "train")
     for method in METHODS:
         config = getattr(parse_params(params), f"train_{method}")
@@ -240,23 +319,32 @@ def syncs_per_step(params: dict, cache: Path, device: torch.device, steps: int =
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize(device)
-        counts[method] = sum("synchroniz" in str(w.message) for w in caught) / steps
+        count = sum("synchroniz" in str(w.message) for w in caught) / steps
+        report.syncs[method] = count
+        report.checks.append(Check(f"train_{method}: no host sync in a steady step",
+                                   count == 0, f"{count:g} per step"))
         del model, trainer, split
         torch.cuda.empty_cache()
-    return counts
 
 
-def data_parallel(ws: Workspace, params: dict) -> list[Check]:
-    """One stage on 2 GPUs through torchrun (NCCL), where there are 2."""
-    if torch.cuda.device_count() < 2:
-        return []
-    two = copy.deepcopy(params)
-    two["train_clip"].update(nprocs=2, epochs=1, compile=False)
-    path = ws.write_params(two, "params-nccl.yaml")
-    code, seconds = ws.run("train", "clip", "--params", path.name)
-    processes = read_run(ws.root / "logs" / "clip")["processes"] if code == 0 else None
-    return [Check("train_clip with nprocs 2 (NCCL)", code == 0 and processes == 2,
-                  f"exit status {code} in {seconds:.0f} s, {processes} processes")]
+def data_parallel(ws: Workspace, params: dict, processes: int, report: Report) -> None:
+    """The CLIP stage under torchrun, compiled as the recipe is: one process (a group of one,
+    so DistributedDataParallel wraps the compiled tower on any machine) or 2 GPUs (NCCL)."""
+    if processes > 1 and torch.cuda.device_count() < processes:
+        return
+    run_params = copy.deepcopy(params)
+    run_params["train_clip"].update(nprocs=processes, epochs=1)
+    path = ws.write_params(run_params, f"params-ddp{processes}.yaml")
+    code, seconds = ws.run("torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={processes}", "-m", "harclip.train", "clip",
+                           "--params", path.name)
+    processes_text = f"{processes} process{'es' if processes > 1 else ''}"
+    wrapped = f"× {processes_text} (data-parallel)" in ws.log.read_text()
+    backend = "NCCL" if torch.cuda.is_available() else "gloo"
+    report.checks.append(Check(
+        f"train_clip under DistributedDataParallel, {processes_text} ({backend})",
+        code == 0 and wrapped, f"exit status {code} in {seconds:.0f} s"
+        + ("" if wrapped else "; no data-parallel line in the log")))
 
 
 def target_met(method: str, row: dict) -> str:
@@ -269,30 +357,21 @@ def target_met(method: str, row: dict) -> str:
     return f"{'met' if met else 'missed'} ({goal})"
 
 
-def report(out: Path, meta: dict, figures: dict, syncs: dict, checks: list[Check]) -> str:
-    lines = [f"GPU check on {meta['hardware']}; torch {meta['torch']}; "
-             f"{meta['train_images']} train / {meta['val_images']} val images at "
-             f"{meta['image_size']} px; {meta['wall_s']:.0f} s in all", "",
-             "| stage | img/s | s per HAR epoch | compile s | refresh s | peak MB above cache "
-             "| cache MB | syncs/step | one-H100 target |",
-             "| :-- | --: | --: | --: | --: | --: | --: | --: | :-- |"]
-    for method, row in figures.items():
-        sync = syncs.get(method)
-        lines.append(
-            f"| train_{method} | {row['images_per_s']:,.0f} | {row['har_epoch_s']:.2f} | "
-            f"{row['compile_s']:.1f} | {row['refresh_s']:.2f} | "
-            f"{row['peak_mb_above_cache']:,.0f} | {row['cache_mb']:,.0f}"
-            f"{'' if row['cache_on_device'] else ' (host)'} | "
-            f"{'n/a' if sync is None else f'{sync:g}'} | {row['target']} |")
-    lines += ["", "| check | result | detail |", "| :-- | :-: | :-- |"]
-    lines += [f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail} |" for c in checks]
-    text = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.md").write_text(text)
-    (out / "gpu_check.json").write_text(json.dumps(
-        {**meta, "figures": figures, "syncs_per_step": syncs,
-         "checks": [asdict(c) for c in checks]}, indent=2) + "\n")
-    return text
+def run_phases(phases: list[tuple[str, Callable[[], None]]], ws: Workspace,
+               report: Report) -> None:
+    """Each phase in turn, the report written after each: a phase that raises or runs out
+    of time is a failed check; once the budget is spent the rest are reported as not run."""
+    for name, phase in phases:
+        if time.perf_counter() >= ws.deadline:
+            report.checks.append(Check(name, False, "not run: the time budget was spent"))
+        else:
+            try:
+                phase()
+            except PhaseTimeout as err:
+                report.checks.append(Check(name, False, str(err)))
+            except Exception as err:  # a check reports what broke and goes on
+                report.checks.append(Check(name, False, f"{type(err).__name__}: {err}"))
+        report.write()
 
 
 def main() -> int:
@@ -303,38 +382,54 @@ def main() -> int:
     cli.add_argument("--pretrained", action="store_true",
                      help="keep the recipe's pretrained tags (weights must be cached locally)")
     cli.add_argument("--device", default="auto")
+    cli.add_argument("--budget-s", type=float, default=330.0,
+                     help="no phase starts after this many seconds, and none runs past them "
+                          "(default %(default)s)")
     args = cli.parse_args()
-    started = time.perf_counter()
+    stage.configure_logging()
     device = resolve_device(args.device)
     train_images, val_images, size = (256, 64, 64) if args.small else (HAR_TRAIN, HAR_VAL, 224)
-    params = check_params(args.small, args.pretrained)
-    for method in METHODS:
-        params[f"train_{method}"]["device"] = args.device
+    params = check_params(args.small, args.pretrained, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "gpu_check.log"
     log.write_text("")
+    report = Report(args.out, {"hardware": describe(), "device": str(device),
+                               "torch": torch.__version__, "small": args.small,
+                               "budget_s": args.budget_s, "train_images": train_images,
+                               "val_images": val_images, "image_size": size})
+
+    def stop(signum, _frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
     with tempfile.TemporaryDirectory(prefix="harclip-gpu-check-") as folder:
-        ws = Workspace(Path(folder), log)
-        build_cache(ws.root / "data" / "cache", train_images, val_images, size)
+        ws = Workspace(Path(folder), log, report.started + args.budget_s)
+        cache = ws.root / "data" / "cache"
         ws.write_params(params)
-        checks, figures = train_stages(ws)
-        checks += evaluate_and_predict(ws, device)
-        try:  # a phase that breaks is a failed check, not a lost report
-            syncs = syncs_per_step(params, ws.root / "data" / "cache", device)
-        except Exception as err:
-            syncs = {}
-            checks.append(Check("host syncs per step", False, f"{type(err).__name__}: {err}"))
-        checks += [Check(f"train_{m}: no host sync in a steady step", n == 0, f"{n:g} per step")
-                   for m, n in syncs.items()]
-        checks += data_parallel(ws, params)
-    for method, row in figures.items():
-        row["target"] = target_met(method, row) if device.type == "cuda" and not args.small \
-            else "n/a (no GPU run)"
-    meta = {"hardware": describe(), "device": str(device), "torch": torch.__version__,
-            "small": args.small, "train_images": train_images, "val_images": val_images,
-            "image_size": size, "wall_s": time.perf_counter() - started}
-    print(report(args.out, meta, figures, syncs, checks))
-    return 0 if all(c.passed for c in checks) else 1
+        phases = [("synthetic cache", lambda: build_cache(cache, train_images, val_images,
+                                                          size))]
+        phases += [(f"train_{m}", lambda m=m: train_stage(ws, m, report)) for m in METHODS]
+        phases += [("evaluate and predict", lambda: evaluate_and_predict(ws, device, report)),
+                   ("DistributedDataParallel, one process",
+                    lambda: data_parallel(ws, params, 1, report)),
+                   ("host syncs per step",
+                    lambda: syncs_per_step(params, cache, device, report)),
+                   ("NCCL, 2 GPUs", lambda: data_parallel(ws, params, 2, report))]
+        try:
+            run_phases(phases, ws, report)
+        except (Stopped, KeyboardInterrupt) as err:
+            ws.kill()
+            report.checks.append(Check("the whole check", False,
+                                       f"stopped by {err or 'Ctrl-C'}; the report holds the "
+                                       f"phases done"))
+            report.write()
+            print(f"gpu_check: stopped; partial report in {args.out}", file=sys.stderr)
+            return 143 if isinstance(err, Stopped) else 130
+    for method, row in report.figures.items():
+        if device.type == "cuda" and not args.small:
+            row["target"] = target_met(method, row)
+    print(report.write())
+    return 0 if all(c.passed for c in report.checks) else 1
 
 
 if __name__ == "__main__":

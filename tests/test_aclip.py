@@ -5,7 +5,7 @@ import torch
 
 from harclip.aclip import (
     AclipObjective,
-    cls_attention_row,
+    block_with_cls_row,
     ema_update,
     install_token_selection,
     keeping,
@@ -87,15 +87,19 @@ def test_keep_ratio_one_is_the_full_forward(visual):
     assert torch.allclose(masked, full, atol=1e-6)
 
 
-def test_cls_row_equals_the_plain_full_attention_row(visual):
+def test_one_pass_gives_the_blocks_output_and_its_plain_cls_attention_row(visual):
+    """The teacher's block forms q, k and v once: its output is the block's own, and its
+    [CLS] row is MultiheadAttention's averaged weights."""
     x = visual._embeds(_images())
     with torch.no_grad():
         for block in visual.transformer.resblocks:
             normed = block.ln_1(x)
             _, weights = block.attn(normed, normed, normed, need_weights=True,
                                     average_attn_weights=True)
-            assert torch.allclose(cls_attention_row(block, x), weights[:, 0], atol=1e-6)
+            out, row = block_with_cls_row(block, x)
+            assert torch.allclose(row, weights[:, 0], atol=1e-6)
             x = block(x)
+            assert torch.allclose(out, x, atol=1e-5)
 
 
 def test_saliency_averages_the_cls_rows_over_all_layers(visual):
@@ -161,7 +165,11 @@ def test_dual_loss_trains_the_student_on_the_kept_tokens(saliency):
     assert logits.shape == (4, 15) and torch.isfinite(loss)
     assert seen[-1] == 1 + 36  # the student's pass: [CLS] + 9 of the 16 2×2 blocks
     assert model.clip.visual.conv1.weight.grad is not None
-    assert all(p.grad is None for p in objective.teacher.parameters())
+    if saliency == "random":  # nothing reads a teacher: none is built or updated
+        assert objective.teacher is None
+        objective.after_optimizer_step(1, 10)
+    else:
+        assert all(p.grad is None for p in objective.teacher.parameters())
     with torch.no_grad():
         assert model(batch.images).shape == (4, 15)  # evaluation: all tokens
     hook.remove()
@@ -222,15 +230,13 @@ def test_random_choice_keeps_the_same_count_in_whole_blocks_and_changes_every_ep
 
 def test_keep_ratio_one_trains_on_every_token_without_a_teacher_pass():
     model, objective = _objective("teacher", keep_ratio=1.0)
-    assert not objective.wants_whole_view
+    assert not objective.wants_whole_view and objective.teacher is None
     batch = _epoch_batch(model, objective)
-    calls = []
-    objective.teacher.register_forward_hook(lambda *_: calls.append(1))
     seen = []
     model.clip.visual.transformer.register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].shape[1]))
     objective.loss(model, batch)
-    assert seen == [65] and not calls
+    assert seen == [65]
 
 
 def test_block_selection_on_an_odd_patch_grid_is_refused():
@@ -238,3 +244,47 @@ def test_block_selection_on_an_odd_patch_grid_is_refused():
     model.clip.visual.grid_size = (7, 7)
     with pytest.raises(StageError, match="block needs an even patch grid"):
         AclipObjective(model, None, AclipConfig(selection="block"), 1.0)
+
+
+def _refresh_in_process(rank: int, size: int, store: str, out: dict) -> None:
+    """One of `size` processes refreshing the cached saliency of 10 images, 4 at a time."""
+    import torch.distributed as dist
+
+    from harclip import aclip
+    from harclip.distributed import World
+
+    torch.set_num_threads(1)
+    aclip.REFRESH_BATCH = 4
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=size)
+    model, objective = _objective("cached")
+    scored = []
+    objective.score = lambda teacher, images: scored.append(len(images)) or \
+        patch_saliency(teacher, images)
+    augment = DeviceAugment(64, *image_normalisation(model.clip))
+    uint8 = torch.randint(0, 256, (10, 3, 64, 64), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(5))
+    split = CachedSplit(uint8.numpy(), (torch.arange(10) % 15).numpy(), torch.device("cpu"))
+    objective.before_epoch(1, split, augment, World(rank, size, size, grouped=True))
+    out[rank] = (objective.cached, scored)
+    dist.destroy_process_group()
+
+
+def test_the_cached_refresh_is_shared_out_over_the_processes_and_gathered(tmp_path):
+    """Each of 2 processes scores its rows[rank::2] (5 images, in batches of one shape: 4
+    and 1 padded to 4) and every process ends with the one-process maps."""
+    import torch.multiprocessing as mp
+
+    model, alone = _objective("cached")
+    augment = DeviceAugment(64, *image_normalisation(model.clip))
+    uint8 = torch.randint(0, 256, (10, 3, 64, 64), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(5))
+    alone.before_epoch(1, CachedSplit(uint8.numpy(), (torch.arange(10) % 15).numpy(),
+                                      torch.device("cpu")), augment)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_refresh_in_process, args=(2, f"file://{tmp_path}/store", out), nprocs=2)
+        results = dict(out)
+    for rank in (0, 1):
+        cached, scored = results[rank]
+        assert scored == [4, 4]  # its 5 images, the last batch padded
+        assert torch.allclose(cached, alone.cached, atol=1e-6)

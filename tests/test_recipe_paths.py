@@ -218,7 +218,7 @@ def test_saliency_refresh_runs_under_the_runs_autocast_and_is_timed_apart():
     torch.manual_seed(0)
     trainer = _trainer(config)
     autocast_seen = []
-    trainer.objective.teacher.transformer.resblocks[0].register_forward_pre_hook(
+    trainer.objective.teacher.transformer.resblocks[0].ln_1.register_forward_pre_hook(
         lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
     record, = trainer.fit()
     assert autocast_seen and all(autocast_seen)
@@ -267,7 +267,7 @@ def test_aclip_student_compiles_once_whatever_tokens_it_keeps():
     torch._dynamo.reset()
 
 
-def test_a_compiled_run_drops_the_short_last_step_and_predict_pads_its_last_batch():
+def test_a_compiled_run_drops_the_short_last_step():
     order = torch.arange(23)
     assert [len(g) for g in effective_batches(order, 8, 1)] == [8, 8, 7]
     assert [len(g) for g in effective_batches(order, 8, 1, drop_last=True)] == [8, 8]
@@ -275,12 +275,6 @@ def test_a_compiled_run_drops_the_short_last_step_and_predict_pads_its_last_batc
     assert trainer.steps_per_epoch == 3
     compiled = _trainer(TrainConfig(epochs=1, batch_size=16, compile=True), n_train=40)
     assert compiled.steps_per_epoch == 2  # the Trainer does not compile; the stage does
-
-    shapes = []
-    model = compiled.model.eval()
-    model.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape[0]))
-    logits = predict(model, compiled.val_split, compiled.augment, 5, None)
-    assert shapes == [5, 5] and logits.shape == (8, 15)  # 8 rows: 5 + 3 padded to 5
 
 
 def test_open_clips_root_logger_chatter_stays_out_of_stage_logs(caplog):

@@ -24,29 +24,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from harclip.config import AclipConfig
-from harclip.feed import Batch, CachedSplit
+from harclip.distributed import ALONE, World
+from harclip.feed import Batch, CachedSplit, padded
 from harclip.models import PromptEncoder
 from harclip.objectives import ContrastiveObjective
 from harclip.stage import StageError
 
 
-def cls_attention_row(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Attention from [CLS] to every token in one open_clip block, averaged over heads (B×T).
+def block_with_cls_row(block: nn.Module, x: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One open_clip block's output, and the attention from [CLS] to every token averaged
+    over heads (B×T), from one layer norm and one q/k/v projection.
 
-    Only the [CLS] query is formed, so this costs O(T) per layer instead of the O(T²) of a
-    full attention map.
+    The block's own attention computes the same q and k but keeps no weights; the [CLS] row
+    adds one query's scores, O(T) instead of a full map's O(T²).
     """
     attn: nn.MultiheadAttention = block.attn
     batch, tokens, width = x.shape
     heads = attn.num_heads
-    head_dim = width // heads
-    normed = block.ln_1(x)
-    w_q, w_k, _ = attn.in_proj_weight.chunk(3)
-    b_q, b_k, _ = attn.in_proj_bias.chunk(3)
-    query = F.linear(normed[:, :1], w_q, b_q).view(batch, 1, heads, head_dim).transpose(1, 2)
-    keys = F.linear(normed, w_k, b_k).view(batch, tokens, heads, head_dim).transpose(1, 2)
-    weights = (query @ keys.transpose(-1, -2) * head_dim**-0.5).softmax(dim=-1)
-    return weights.mean(dim=1)[:, 0]
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias) \
+        .view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    row = (q[:, :, :1] @ k.transpose(-1, -2) * (width // heads) ** -0.5).softmax(dim=-1)
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
+    x = x + block.ls_1(attn.out_proj(attended))
+    return x + block.ls_2(block.mlp(block.ln_2(x))), row.mean(dim=1)[:, 0]
 
 
 @torch.no_grad()
@@ -56,9 +57,13 @@ def patch_saliency(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(x.shape[0], x.shape[1], device=x.device, dtype=torch.float32)
     blocks = visual.transformer.resblocks
     for block in blocks:
-        total += cls_attention_row(block, x).float()
-        x = block(x)
+        x, row = block_with_cls_row(block, x)
+        total += row.float()
     return total[:, 1:] / len(blocks)
+
+
+REFRESH_BATCH = 256
+"""Images per teacher pass in a refresh of the cached saliency (the last batch padded)."""
 
 
 def kept_count(units: int, keep_ratio: float) -> int:
@@ -130,10 +135,9 @@ def momentum_at(step: int, total_steps: int, base: float) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    teacher_params = list(teacher.parameters())
-    student_params = [p.detach() for p in student.parameters()]
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+    """teacher ← momentum · teacher + (1 − momentum) · student, in one fused pass."""
+    torch._foreach_lerp_(list(teacher.parameters()),
+                         [p.detach() for p in student.parameters()], 1.0 - momentum)
 
 
 def patch_grid(visual: nn.Module) -> int:
@@ -158,7 +162,6 @@ class AclipObjective(ContrastiveObjective):
         super().__init__(prompts, contrastive_weight)
         visual = self.student = model.clip.visual
         self.selector = install_token_selection(visual)
-        self.teacher = copy.deepcopy(visual).requires_grad_(False).eval()
         self.config = config
         self.grid = patch_grid(visual)
         self.blocks = config.selection == "block"
@@ -168,14 +171,27 @@ class AclipObjective(ContrastiveObjective):
         units = (self.grid // 2) ** 2 if self.blocks else self.grid**2
         self.all_tokens = kept_count(units, config.keep_ratio) == units
         self.wants_whole_view = config.saliency == "teacher" and not self.all_tokens
+        self.teacher = None if self.all_tokens or config.saliency == "random" else \
+            copy.deepcopy(visual).requires_grad_(False).eval()
+        """The EMA teacher, where something reads its attention."""
+        self.score = patch_saliency
         self.cached: torch.Tensor | None = None
         """Per training image: a saliency map (cached) or random scores (random)."""
-        device = next(self.teacher.parameters()).device
-        self.random = torch.Generator(device=device).manual_seed(seed)
+        device = next(visual.parameters()).device
+        # Apart from the crops' stream (seeded with `seed`), so kept tokens and crops are
+        # not drawn from one sequence.
+        self.random = torch.Generator(device=device).manual_seed(seed + 1)
 
-    def before_epoch(self, epoch: int, split: CachedSplit, augment) -> bool:
+    def compile(self) -> None:
+        """The teacher's scoring compiled once: it always sees one batch shape (the
+        micro-batch per step, REFRESH_BATCH rows per refresh)."""
+        self.score = torch.compile(patch_saliency, dynamic=False)
+
+    def before_epoch(self, epoch: int, split: CachedSplit, augment, world: World = ALONE
+                     ) -> bool:
         """Cached saliency: (re)score every training image every refresh_epochs on its whole
-        view. Random choice: draw this epoch's scores for every image."""
+        view, each process its rows[rank::size], then gather the maps. Random choice: draw
+        this epoch's scores for every image."""
         if self.all_tokens:
             return False
         if self.config.saliency == "random":
@@ -184,9 +200,12 @@ class AclipObjective(ContrastiveObjective):
             return False
         if self.config.saliency != "cached" or (epoch - 1) % self.config.refresh_epochs:
             return False
-        maps = [patch_saliency(self.teacher, augment.eval(images))
-                for images, _ in split.batches(torch.arange(len(split)), 256)]
-        self.cached = torch.cat(maps).view(-1, 1, self.grid, self.grid)
+        rows = torch.arange(world.rank, len(split), world.size)
+        size = min(REFRESH_BATCH, len(rows))  # every batch one shape, the last padded
+        maps = [self.score(self.teacher, augment.eval(padded(images, size)))[:len(images)]
+                for images, _ in split.batches(rows, size)]
+        maps = torch.cat(maps) if maps else torch.zeros(0, self.grid**2, device=split.device)
+        self.cached = world.gather_rows(maps, len(split)).view(-1, 1, self.grid, self.grid)
         return True
 
     def saliency(self, batch: Batch) -> torch.Tensor:
@@ -194,7 +213,7 @@ class AclipObjective(ContrastiveObjective):
         if self.config.saliency == "random":
             return self.cached[batch.index]
         maps = self.cached[batch.index] if self.config.saliency == "cached" else \
-            patch_saliency(self.teacher, batch.whole).view(-1, 1, self.grid, self.grid)
+            self.score(self.teacher, batch.whole).view(-1, 1, self.grid, self.grid)
         # The crop's own affine warp, applied to the whole-image saliency map.
         grid = F.affine_grid(batch.crop, [len(batch.labels), 1, self.grid, self.grid],
                              align_corners=False)
@@ -211,16 +230,18 @@ class AclipObjective(ContrastiveObjective):
             return model.image_features(batch.images)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        ema_update(self.teacher, self.student,
-                   momentum_at(step, total_steps, self.config.momentum))
+        if self.teacher is not None:
+            ema_update(self.teacher, self.student,
+                       momentum_at(step, total_steps, self.config.momentum))
 
     def state_dict(self) -> dict:
-        return {"teacher": self.teacher.state_dict(), "cached": self.cached,
-                "random": self.random.get_state()}
+        return {"teacher": None if self.teacher is None else self.teacher.state_dict(),
+                "cached": self.cached, "random": self.random.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.teacher.load_state_dict(state["teacher"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
         cached = state["cached"]
         self.cached = None if cached is None else \
-            cached.to(next(self.teacher.parameters()).device)
+            cached.to(next(self.student.parameters()).device)
         self.random.set_state(state["random"])

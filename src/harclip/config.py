@@ -161,6 +161,9 @@ class TrainConfig:
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     log_every: Annotated[StrictInt, Field(ge=1)] = 25
     """Progress-bar refresh, in steps: the only host–device syncs inside an epoch."""
+    resume_every: Annotated[StrictInt, Field(ge=1)] = 1
+    """Save the resume state every this many epochs (weights, optimiser, teacher: on a GPU,
+    seconds per save); an interrupted run repeats the epochs since the last one."""
 
     def __post_init__(self) -> None:
         if self.batch_size % self.nprocs:

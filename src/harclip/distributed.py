@@ -2,12 +2,13 @@
 when it runs alone.
 
 A training stage whose `nprocs` is above 1 relaunches itself under torchrun (one process per
-GPU, or gloo processes on CPU); under a torchrun started by hand (multi-node) it joins the
-process group torchrun describes in its environment variables.
+GPU, or gloo processes on CPU); under a torchrun started by hand (multi-node, or one process)
+it joins the process group torchrun describes in its environment variables.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -16,6 +17,8 @@ from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from harclip import stage
 from harclip.hardware import resolve_device
@@ -34,6 +37,9 @@ class World:
     """Processes on this machine."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     """Where this process trains, and where its collectives' tensors live."""
+    grouped: bool = False
+    """In a process group (under torchrun), even one of a single process: gradients then go
+    through DistributedDataParallel."""
 
     @property
     def is_main(self) -> bool:
@@ -49,6 +55,18 @@ class World:
     def reduce(self, value: float, op: str) -> float:
         return self.reduce_(torch.tensor(value, dtype=torch.float64, device=self.device),
                             op).item()
+
+    def gather_rows(self, share: torch.Tensor, total: int) -> torch.Tensor:
+        """The whole `total`-row tensor from every process's share, rows[rank::size] (the
+        split `torch.arange(rank, total, size)` gives), back in row order."""
+        if self.size == 1:
+            return share
+        per = -(-total // self.size)
+        padded = share.new_zeros((per, *share.shape[1:]))
+        padded[:len(share)] = share
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        return torch.stack(parts, dim=1).flatten(0, 1)[:total]  # row i·size + rank
 
 
 ALONE = World()
@@ -78,13 +96,24 @@ def join(device_name: str) -> World:
                               for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
     device = resolve_device(process_device(device_name, local_rank, size))
-    if size > 1 and not dist.is_initialized():
+    if launched() and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if rank != 0:
         stage.log.setLevel("WARNING")  # rank 0 speaks for all
-    return World(rank, size, local_size, device)
+    return World(rank, size, local_size, device, grouped=dist.is_initialized())
+
+
+def data_parallel(module: nn.Module) -> DistributedDataParallel:
+    """`module` under DistributedDataParallel without a buffer broadcast every forward (the
+    models' buffers are constants): `forward_sync_buffers=False` from torch 2.13 on,
+    `broadcast_buffers=False` before it (the GPU machines' torch 2.11 knows only that one)."""
+    accepted = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in accepted \
+        else "broadcast_buffers"
+    return DistributedDataParallel(module, gradient_as_bucket_view=True,
+                                   **{no_buffer_sync: False})
 
 
 def leave() -> None:

@@ -2,10 +2,10 @@
 
 The loop keeps the GPU busy: the uint8 cache sits on the device (or in pinned host memory
 when it does not fit), augmentation runs on the device for the whole batch, loss and
-accuracy accumulate in device tensors, and the host reads them only every `log_every` steps
-and at the end of an epoch. Under torchrun each process takes an equal share of every effective
-batch (DistributedDataParallel averages the gradients), and a run is resumable at any epoch
-boundary from `Trainer.state_dict()`.
+accuracy accumulate in device tensors, and the host reads them only for a live progress bar
+(every `log_every` steps) and at the end of an epoch. Under torchrun each process takes an
+equal share of every effective batch (DistributedDataParallel averages the gradients), and a
+run is resumable at any epoch boundary from `Trainer.state_dict()`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.config import TrainConfig
-from harclip.distributed import ALONE, World
+from harclip.distributed import ALONE, World, data_parallel
 from harclip.feed import (
     Batch,
     CachedSplit,
@@ -55,7 +54,8 @@ class EpochRecord:
     Both losses named `*_loss` are the class head's cross-entropy, so train and val compare
     like with like; the image–text term (unweighted) has its own column. `epoch_time_s` is
     the epoch's training time, A-CLIP's saliency refresh (`refresh_time_s`) included and
-    validation excluded; `peak_memory_mb` is the peak above the resident image cache.
+    validation (`val_time_s`) and the end-of-epoch saves (`save_time_s`, filled in by the
+    caller that saves) excluded; `peak_memory_mb` is the peak above the resident image cache.
     `warm_up` marks the first epoch a process ran (the run's first, or a resumed run's):
     compilation and warm-up make it no measure of the steady state.
     """
@@ -71,6 +71,8 @@ class EpochRecord:
     images_per_s: float
     peak_memory_mb: float
     lr: float
+    val_time_s: float = 0.0
+    save_time_s: float = 0.0
     warm_up: bool = False
 
 
@@ -105,27 +107,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
 def predict(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch_size: int,
             dtype: torch.dtype | None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Class logits (float32, on the device) for a split, or for its `rows`: deterministic
-    view, all tokens. A short last batch is padded to `batch_size`, so a compiled model sees
-    one shape."""
+    view, all tokens."""
     model.eval()
     rows = torch.arange(len(split)) if rows is None else rows
-    logits = []
     with autocast(split.device, dtype):
-        for images, _ in split.batches(rows, batch_size):
-            count = len(images)
-            if count < batch_size < len(rows):
-                images = torch.cat([images, images[:1].expand(batch_size - count,
-                                                              *images.shape[1:])])
-            logits.append(model(augment.eval(images)).float()[:count])
-    return torch.cat(logits)
+        return torch.cat([model(augment.eval(images)).float()
+                          for images, _ in split.batches(rows, batch_size)])
 
 
 def evaluate(model: nn.Module, split: CachedSplit, augment: DeviceAugment, batch_size: int,
              dtype: torch.dtype | None, world: World = ALONE) -> tuple[float, float]:
     """(mean loss, accuracy) on the deterministic view, all tokens; each process scores every
-    world.size-th image and the sums are reduced."""
+    world.size-th image and the sums are reduced.
+
+    It runs eager even where the image tower is compiled: under no_grad, in eval mode and at
+    another batch size, Dynamo would compile the tower again, with a dynamic batch, costing
+    more per process than eager validation does over a run of tens of epochs.
+    """
     rows = torch.arange(world.rank, len(split), world.size)
-    logits = predict(model, split, augment, batch_size, dtype, rows)
+    with torch.compiler.set_stance("force_eager"):
+        logits = predict(model, split, augment, batch_size, dtype, rows)
     labels = split.labels[rows.to(split.device)]
     sums = torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
                         (logits.argmax(dim=1) == labels).sum().float()]).double()
@@ -226,16 +227,21 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.crops = torch.Generator(device=self.device).manual_seed(config.seed)
         self.cache_bytes = resident_cache_bytes(train_split, val_split)
+        self.frozen = {name for name, param in model.named_parameters()
+                       if not param.requires_grad}
+        """Parameters training never changes (a frozen text tower): rebuilt from `pretrained`,
+        so the resume state leaves them out."""
         self.step = 0
         self.history: list[EpochRecord] = []
         self.train_step: nn.Module = TrainStep(model, objective)
-        if world.size > 1:
-            self.train_step = DistributedDataParallel(self.train_step, forward_sync_buffers=False,
-                                                      gradient_as_bucket_view=True)
+        if world.grouped:
+            self.train_step = data_parallel(self.train_step)
 
     def state_dict(self) -> dict:
+        weights = {key: value for key, value in self.model.state_dict().items()
+                   if key not in self.frozen}
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": weights, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "objective": self.objective.state_dict(), "step": self.step,
             "history": [asdict(record) for record in self.history],
@@ -250,7 +256,11 @@ class Trainer:
         """Restore `state_dict()`, loaded on the CPU (`torch.load(map_location="cpu")`):
         random-generator states must be CPU byte tensors; weights and optimiser state move to
         their parameters' device as they load."""
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected or not set(missing) <= self.frozen:
+            raise StageError(f"the resume state does not fit this model (missing "
+                             f"{sorted(set(missing) - self.frozen)[:3]}, unexpected "
+                             f"{unexpected[:3]}); delete it to start afresh")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -307,7 +317,8 @@ class Trainer:
         synchronize(self.device)
         started = time.perf_counter()
         with autocast(self.device, self.dtype):
-            worked = self.objective.before_epoch(epoch, self.train_split, self.augment)
+            worked = self.objective.before_epoch(epoch, self.train_split, self.augment,
+                                                 self.world)
         synchronize(self.device)
         return time.perf_counter() - started if worked else 0.0
 
@@ -331,8 +342,7 @@ class Trainer:
             first_bad_step = torch.where(finite, first_bad_step,
                                          first_bad_step.clamp(max=self.step - 1))
             seen += len(group)
-            if self.step % config.log_every == 0:
-                self._check_finite(first_bad_step, epoch)
+            if not bar.disable and self.step % config.log_every == 0:  # this process's share
                 local_seen = seen // world.size
                 bar.set_postfix(loss=f"{term_sums[0].item() / local_seen:.3f}",
                                 acc=f"{correct.item() / local_seen:.3f}")
@@ -343,11 +353,13 @@ class Trainer:
         synchronize(device)
         epoch_time = world.reduce(time.perf_counter() - started, "max")
         peak = world.reduce(peak_memory_mb(device) - self.cache_bytes / 2**20, "max")
+        started = time.perf_counter()
         val_loss, val_acc = evaluate(self.model, self.val_split, self.augment, self.micro * 2,
                                      self.dtype, world)
+        val_time = world.reduce(time.perf_counter() - started, "max")
         return EpochRecord(epoch, train_loss, image_text_loss, train_acc, val_loss, val_acc,
                            epoch_time, refresh_time, seen / epoch_time, peak,
-                           self.optimizer.param_groups[0]["lr"])
+                           self.optimizer.param_groups[0]["lr"], val_time)
 
     def _augmented(self, crops: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
                    index: torch.Tensor) -> Batch:

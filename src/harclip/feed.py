@@ -71,6 +71,14 @@ class CachedSplit:
                 (images, self.labels[on_device])
 
 
+def padded(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A short batch brought to `size` rows with copies of its first, so a compiled function
+    sees one shape; the caller keeps the first len(images) rows of what it computes."""
+    if len(images) >= size:
+        return images
+    return torch.cat([images, images[:1].expand(size - len(images), *images.shape[1:])])
+
+
 def resident_cache_bytes(*splits: CachedSplit) -> int:
     """Bytes of the image cache held where the run's peak memory is measured (the GPU's
     memory, or a CPU run's resident set)."""

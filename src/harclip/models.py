@@ -144,7 +144,9 @@ class PromptEncoder(nn.Module):
     """Class-prompt text embeddings (templates averaged, normalised) from the live text tower.
 
     Each template's `{}` takes the class's phrase (`phrases`, e.g. {"using_laptop": "using a
-    laptop"}) or its name with underscores as spaces.
+    laptop"}) or its name with underscores as spaces. Where the tower allows it the prompts
+    are encoded cut to the longest one (`encode_text_cut`): a dozen tokens, not the whole
+    context, every time the image–text term runs.
     """
 
     def __init__(self, tokenizer, class_names: Sequence[str], templates: Sequence[str],
@@ -156,9 +158,36 @@ class PromptEncoder(nn.Module):
         self.num_classes, self.num_templates = len(class_names), len(templates)
 
     def forward(self, clip: nn.Module) -> torch.Tensor:
-        embeddings = clip.encode_text(self.tokens, normalize=True)
+        embeddings = encode_text_cut(clip, self.tokens)
         embeddings = embeddings.reshape(self.num_classes, self.num_templates, -1).mean(dim=1)
         return F.normalize(embeddings, dim=-1)
+
+
+def encode_text_cut(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`clip.encode_text(tokens, normalize=True)`, computed on the tokens cut after the
+    longest text's last one (padding is id 0).
+
+    Exact for a causal text tower pooled at the end-of-text token (CLIP's, and the tiny
+    SigLIP's here): no token attends to a later one and the pooled token is kept, so the
+    padding changes nothing. Any other tower (SigLIP's webli one: no causal mask, pooled at
+    the last position) gets its whole context.
+    """
+    tower = getattr(clip, "text", clip)  # CustomTextCLIP keeps a TextTransformer apart
+    pool = getattr(tower, "pool_type", getattr(tower, "text_pool_type", None))
+    mask = getattr(tower, "attn_mask", None)
+    if pool != "argmax" or mask is None or getattr(tower, "cls_emb", None) is not None \
+            or getattr(tower, "use_pad_mask", False):
+        return clip.encode_text(tokens, normalize=True)
+    length = int((tokens != 0).sum(dim=1).max())
+    tokens = tokens[:, :length]
+    cast = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(tokens).to(cast) + tower.positional_embedding[:length].to(cast)
+    x = tower.ln_final(tower.transformer(x, attn_mask=mask[:length, :length]))
+    x = x[torch.arange(len(tokens), device=x.device), tokens.argmax(dim=-1)]
+    projection = tower.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+    return F.normalize(x, dim=-1)
 
 
 class ClassHead(nn.Linear):

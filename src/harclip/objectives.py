@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harclip.augment import DeviceAugment
+from harclip.distributed import ALONE, World
 from harclip.feed import Batch, CachedSplit
 from harclip.models import class_text_loss
 
@@ -26,10 +27,15 @@ class Objective:
         loss = F.cross_entropy(logits, batch.labels)
         return loss, logits, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
 
-    def before_epoch(self, epoch: int, split: CachedSplit, augment: DeviceAugment) -> bool:
-        """Hook for per-epoch work (A-CLIP's cached saliency), under the run's autocast;
-        whether there was any."""
+    def before_epoch(self, epoch: int, split: CachedSplit, augment: DeviceAugment,
+                     world: World = ALONE) -> bool:
+        """Hook for per-epoch work (A-CLIP's cached saliency, shared out over the processes),
+        under the run's autocast; whether there was any."""
         return False
+
+    def compile(self) -> None:
+        """Compile the objective's own heavy computation (A-CLIP's teacher scoring); the stage
+        compiles the image tower itself."""
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state that follows the weights (A-CLIP's EMA teacher)."""

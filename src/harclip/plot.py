@@ -60,16 +60,18 @@ def confusions_table(name: str, counts: np.ndarray, class_names: list[str], spli
 
 
 def epochs_table(name: str, epochs: list[dict]) -> str:
-    """The study's per-epoch table, plus the saliency refresh where there is one."""
+    """The study's per-epoch table, plus the saliency refresh where there is one and the
+    end-of-epoch saves (checkpoint, resume state), which fall outside the epoch time."""
     refresh = any(r["refresh_time_s"] for r in epochs)
     lines = [f"### {LABELS[name]}", "",
              "| Epoch | Train Acc | Val Acc | Time (s) |" + (" of which refresh (s) |" if refresh
-                                                           else "") + " Peak Mem (MB) |",
+                                                           else "")
+             + " Peak Mem (MB) | Save (s) |",
              "|:------|:----------|:--------|:---------|" + (":--|" if refresh else "")
-             + ":--------------|"]
+             + ":--------------|:--|"]
     lines += [f"| {int(r['epoch'])} | {r['train_acc']:.3f} | {r['val_acc']:.3f} | "
               f"{r['epoch_time_s']:.1f} |" + (f" {r['refresh_time_s']:.1f} |" if refresh else "")
-              + f" {r['peak_memory_mb']:.0f} |" for r in epochs]
+              + f" {r['peak_memory_mb']:.0f} | {r['save_time_s']:.2f} |" for r in epochs]
     return "\n".join(lines) + "\n"
 
 

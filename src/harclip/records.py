@@ -25,6 +25,8 @@ SERIES = {
     "val/acc": "val_acc",
     "time/epoch_s": "epoch_time_s",
     "time/refresh_s": "refresh_time_s",
+    "time/val_s": "val_time_s",
+    "time/save_s": "save_time_s",
     "speed/img_s": "images_per_s",
     "memory/peak_mb": "peak_memory_mb",
     "lr": "lr",

@@ -33,7 +33,7 @@ from harclip.config import AclipTrainConfig, TrainConfig
 from harclip.distributed import World
 from harclip.engine import EpochRecord, Trainer
 from harclip.feed import CachedSplit
-from harclip.hardware import describe
+from harclip.hardware import describe, enable_tf32
 from harclip.models import (
     HarClassifier,
     PromptEncoder,
@@ -49,7 +49,7 @@ from harclip.stage import StageError
 
 RESUME_DIR = Path(".harclip/resume")
 RESUME_FORMAT = "harclip-resume"
-RESUME_INDEPENDENT = ("nprocs", "log_every")
+RESUME_INDEPENDENT = ("nprocs", "log_every", "resume_every")
 """Params a run can resume across: the trajectory does not depend on them."""
 
 
@@ -178,6 +178,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
          logs_dir: Path, work_dir: Path) -> dict:
     seed_everything(config.seed)
     device = world.device
+    enable_tf32(device)
     if world.local_size != config.nprocs:
         stage.log.warning("%d processes on this machine, not the %d of nprocs: torchrun's "
                           "own --nproc-per-node decides (the results do not depend on it)",
@@ -192,6 +193,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     objective = build_objective(config, model, prompts)
     if config.compile:
         model.clip.visual.compile()
+        objective.compile()
     augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip),
                             scale=(config.augment.scale_min, 1.0), flip=config.augment.flip)
     train_split = CachedSplit(train_images, train_labels, device)
@@ -213,8 +215,9 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     run_log = RunLog(name, logs_dir / name, asdict(config)) if world.is_main else None
     stage.log.info("%s: %s (pretrained: %s) on %s%s, %d train / %d val images, %d epochs",
                    name, config.model, config.pretrained, device,
-                   f" × {world.size} processes" if world.size > 1 else "", len(train_split),
-                   len(val_split), config.epochs)
+                   f" × {world.size} process{'es' if world.size > 1 else ''} (data-parallel)"
+                   if world.grouped else "",
+                   len(train_split), len(val_split), config.epochs)
     if resumed is not None and world.is_main:
         stage.log.info("%s: resuming after epoch %d from %s", name, len(trainer.history),
                        state_path)
@@ -222,9 +225,12 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
             history = trainer.history[:done]
             run_log.epoch(history[-1], headline(history, best_of(history)))
 
-    save_times = []  # the epoch's saves happen after its time is taken: reported apart
+    save_times = []  # this process's end-of-epoch saves, outside the epoch time
 
     def on_epoch(record: EpochRecord) -> None:
+        """Rank 0 saves the checkpoint when val improved and, every resume_every epochs but
+        the last, the resume state (the state it writes holds this epoch's save time as 0;
+        later states hold the time)."""
         if not world.is_main:
             return
         started = time.perf_counter()
@@ -232,9 +238,11 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
             best.update(val_acc=record.val_acc, epoch=record.epoch)
             save_checkpoint(best_path, model, config.model, class_names, {
                 "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
+        if record.epoch % config.resume_every == 0 and record.epoch < config.epochs:
+            save_resume_state(state_path, fingerprint, trainer)
+        record.save_time_s = time.perf_counter() - started
+        save_times.append(record.save_time_s)
         run_log.epoch(record, headline(trainer.history, best))
-        save_resume_state(state_path, fingerprint, trainer)
-        save_times.append(time.perf_counter() - started)
 
     try:
         history = trainer.fit(on_epoch, describe=name)
