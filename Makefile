@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro results test lint bench lock clean-venv gpu-wheels
+.PHONY: venv repro results test lint bench lock clean-venv gpu-wheels plots-template
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ repro: venv
 # Rerun what changed, then copy plots/summary.md into README.md's results block.
 results: repro
 	python -m harclip.plot --update-readme README.md
+
+# Rewrite assets/dvc-plots.html, the page `dvc plots show` fills (.dvc/config), with Vega,
+# Vega-Lite and Vega-Embed inlined from the pinned vl-convert-python so it draws offline.
+plots-template: venv
+	python -m harclip.offline_plots
 
 lint: venv
 	ruff check src tests benchmarks

@@ -1,6 +1,6 @@
 """Every entry point answers `--help` and a bad argument from argparse alone: torch, open_clip,
-timm, DVCLive, transformers, scikit-learn and matplotlib are imported only once there is work
-to do (each takes seconds to import)."""
+timm, DVC(Live), transformers, scikit-learn, matplotlib and vl-convert are imported only once
+there is work to do (each takes up to seconds to import)."""
 
 import json
 import subprocess
@@ -9,8 +9,9 @@ import sys
 import pytest
 
 ENTRY_POINTS = ("config", "download", "preprocess", "train", "evaluate", "plot", "predict",
-                "experiments")
-HEAVY = ("torch", "open_clip", "timm", "dvclive", "transformers", "sklearn", "matplotlib")
+                "experiments", "offline_plots")
+HEAVY = ("torch", "open_clip", "timm", "dvclive", "transformers", "sklearn", "matplotlib",
+         "dvc", "vl_convert")
 PROBE = """
 import json, runpy, sys
 sys.argv = [{module!r}, *{args!r}]
