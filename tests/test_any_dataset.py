@@ -71,7 +71,8 @@ def test_pinned_classes_set_the_order_and_report_an_unlisted_label(tmp_path):
     dl.download(DownloadConfig(source="folder", path=str(tmp_path / "folders"),
                                classes=pinned), tmp_path / "raw")
     assert _classes_json(tmp_path / "raw") == list(pinned)
-    preprocess(PreprocessConfig(image_size=16, workers=1, max_bad_fraction=0.25),
+    preprocess(PreprocessConfig(image_size=16, workers=1, max_bad_fraction=0.25,
+                                min_images_per_class=1),
                tmp_path / "raw", tmp_path / "cache")
     kinds = _report(tmp_path / "cache", "kind")
     assert set(kinds.values()) == {"unknown_label"} and len(kinds) == 4

@@ -147,15 +147,17 @@ def test_too_many_bad_files_fail_without_touching_the_old_cache(tmp_path):
     (cache / "train_images.npy").write_text("earlier cache")
     expected = r"2 of 9 inputs .*max_bad_fraction = 0.1; nothing was written"
     with pytest.raises(StageError, match=expected):
-        preprocess(PreprocessConfig(image_size=SIZE, max_bad_fraction=0.1), raw, cache)
+        preprocess(PreprocessConfig(image_size=SIZE, max_bad_fraction=0.1,
+                                    min_images_per_class=1), raw, cache)
     assert (cache / "train_images.npy").read_text() == "earlier cache"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "raw"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.lock", "cache", "raw"]
 
 
 def test_cache_holds_uint8_tensors_labels_classes_and_a_manifest(tmp_path):
     raw, cache = tmp_path / "raw", tmp_path / "cache"
     _raw_folder(raw, per_class=5)
-    preprocess(PreprocessConfig(image_size=SIZE, val_fraction=0.4), raw, cache)
+    preprocess(PreprocessConfig(image_size=SIZE, val_fraction=0.4, min_images_per_class=1), raw,
+               cache)
     images, labels = load_split(cache, "train")
     assert isinstance(images, np.memmap)
     assert images.shape == (9, 3, SIZE, SIZE) and images.dtype == np.uint8

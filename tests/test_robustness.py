@@ -67,7 +67,7 @@ def _one_line_error(stderr: str, *fragments: str) -> None:
 def test_a_cache_that_does_not_fit_fails_before_writing_and_keeps_the_old_one(tmp_path,
                                                                              monkeypatch):
     raw, cache = tmp_path / "raw", tmp_path / "cache"
-    _raw_folder(raw, per_class=4)
+    _raw_folder(raw, per_class=6)
     cache.mkdir()
     (cache / "train_images.npy").write_text("earlier cache")
     usage = namedtuple("usage", "total used free")
@@ -75,20 +75,23 @@ def test_a_cache_that_does_not_fit_fails_before_writing_and_keeps_the_old_one(tm
     with pytest.raises(StageError, match=r"cache needs .* MB but only 1 MB are free"):
         pp.preprocess(PreprocessConfig(image_size=256, workers=1), raw, cache)
     assert (cache / "train_images.npy").read_text() == "earlier cache"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "raw"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.lock", "cache", "raw"]
 
 
 def test_a_full_disk_anywhere_is_one_line_and_the_staging_folder_goes(tmp_path, monkeypatch):
     raw, cache = tmp_path / "raw", tmp_path / "cache"
-    _raw_folder(raw, per_class=4)
+    _raw_folder(raw, per_class=6)
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cache_module, "_write_images", full)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as raised:
         pp.preprocess(PreprocessConfig(image_size=SIZE, workers=1), raw, cache)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no .cache.* left
+    assert raised.value.filename == str(cache)  # the message names the folder
+    assert stage._one_line(raised.value).startswith(f"no space left on the device ({cache})")
+    # no staging folder left (.cache.lock keeps one run at a time)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.lock", "raw"]
 
 
 def test_enospc_from_a_stage_command_is_one_line(tmp_path):
@@ -131,27 +134,35 @@ def test_sigkill_of_preprocess_leaves_no_worker_behind(tmp_path):
     raw = tmp_path / "raw"
     (raw / "train").mkdir(parents=True)
     buffer = io.BytesIO()
-    Image.new("RGB", (2000, 1500), (30, 90, 200)).save(buffer, format="JPEG")
-    rows = [(f"{i}.jpg", CLASS_NAMES[i % 3]) for i in range(150)]  # ~20 ms to decode each
+    Image.new("RGB", (300, 200), (30, 90, 200)).save(buffer, format="JPEG")
+    # Fast to decode: results are on their way to the stage when it dies (each worker
+    # printed a BrokenPipeError traceback of 17 lines before they kept quiet)
+    rows = [(f"{i}.jpg", CLASS_NAMES[i % 3]) for i in range(4000)]
     for name, _ in rows:
         (raw / "train" / name).write_bytes(buffer.getvalue())
     write_labels_csv(raw / "Training_set.csv", rows)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["preprocess"].update(workers=2, image_size=256)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    errors = tmp_path / "stderr.txt"
     process = subprocess.Popen([sys.executable, "-m", "harclip.preprocess", "--raw", str(raw),
                                 "--out", str(tmp_path / "cache")], cwd=tmp_path,
-                               stderr=subprocess.DEVNULL)
+                               stderr=errors.open("w"))
     parent = psutil.Process(process.pid)
     deadline = time.monotonic() + 60
     while len(parent.children()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     workers = parent.children()
     assert len(workers) >= 2
+    time.sleep(0.3)
     process.kill()
     process.wait()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"orphaned decode workers: {alive}"
+    lines = errors.read_text().splitlines()  # the stage's and its workers' stderr
+    assert "Traceback" not in errors.read_text()
+    assert len([line for line in lines if "decoding worker" in line]) <= len(workers)
+    assert len(lines) <= 2 + len(workers)  # the stage's own lines, one per worker
 
 
 def test_sigterm_stops_a_training_stage_cleanly_and_it_resumes(small_cache, tmp_path):

@@ -107,17 +107,18 @@ def read_summary(cache_dir: Path) -> dict:
 
 def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A split's images (memory-mapped, N×3×S×S uint8) and labels (int64) from the cache,
-    checked against the cache's summary: a truncated or mismatched cache is an error, never a
-    silently wrong accuracy. An empty split (no test split asked for) has zero rows."""
+    checked against the cache's summary and class list: a truncated, mismatched or edited
+    cache is an error, never a silently wrong accuracy. An empty split (no test split asked
+    for) has zero rows, and then no files."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     summary = read_summary(cache_dir)
     count, size = summary.get(f"{split}_images", 0), summary["image_size"]
-    if not count:
-        return np.zeros((0, 3, size, size), np.uint8), np.zeros(0, np.int64)
     images_path, labels_path = (cache_dir / f"{split}_{kind}.npy" for kind in ("images",
                                                                                "labels"))
     rebuild = "rebuild the cache with `dvc repro preprocess` (or `dvc checkout data/cache`)"
+    if not count and not images_path.exists() and not labels_path.exists():
+        return np.zeros((0, 3, size, size), np.uint8), np.zeros(0, np.int64)
     try:
         images = np.load(images_path, mmap_mode="r")
         labels = np.load(labels_path)
@@ -129,6 +130,13 @@ def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise stage.StageError(
             f"{images_path}: {images.shape} {images.dtype} images and {labels.shape[0]} "
             f"labels, where summary.json says {count} images at {size} px; {rebuild}")
+    classes = len(cache_classes(cache_dir))
+    outside = labels[(labels < 0) | (labels >= classes)] if labels.dtype.kind in "iu" \
+        else labels
+    if len(outside):
+        raise stage.StageError(f"{labels_path}: labels must be integers from 0 to "
+                               f"{classes - 1} ({classes} classes in {CLASSES_JSON}), found "
+                               f"{outside[0].item()!r}; {rebuild}")
     return images, labels
 
 

@@ -104,6 +104,20 @@ class PreprocessConfig:
     default is PIL's own limit."""
     workers: Annotated[StrictInt, Field(ge=0, le=256)] = 0
     """Decoding processes; 0 means one per CPU core."""
+    min_images_per_class: Annotated[StrictInt, Field(ge=1)] | None = None
+    """A class with fewer images is left out, its rows reported as bad (`rare_class`): most
+    likely a mistyped label. null: the fewest that put one image in each split."""
+
+    @property
+    def fewest_images_per_class(self) -> int:
+        """min_images_per_class, or the fewest images the stratified split gives one image in
+        each split (its shares are rounded per class)."""
+        if self.min_images_per_class is not None:
+            return self.min_images_per_class
+        return next(n for n in range(1, 10_000)
+                    if round(self.val_fraction * n) >= 1
+                    and (self.test_fraction == 0 or round(self.test_fraction * n) >= 1)
+                    and n - round(self.val_fraction * n) - round(self.test_fraction * n) >= 1)
 
     def __post_init__(self) -> None:
         if self.val_fraction + self.test_fraction >= 1.0:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -50,6 +51,7 @@ REJECTION_KINDS = {
     "outside_dataset": "outside the dataset folder",
     "ambiguous_name": "ambiguous base name",
     "unknown_split": "unknown split",
+    "rare_class": "class with too few images",
 }
 
 
@@ -133,16 +135,35 @@ def decode_file(job: tuple[Path, int, str, int]) -> tuple[np.ndarray | None, str
         return None, err.kind, str(err)
 
 
+class _QuietOrphan(io.TextIOBase):
+    """A pool worker's stderr that falls silent once the stage that started it is gone: the
+    worker's next result, sent to the dead stage, raises BrokenPipeError, which
+    multiprocessing would print as a traceback per worker."""
+
+    def __init__(self, stream, parent: int) -> None:
+        self.stream, self.parent = stream, parent
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text) if os.getppid() == self.parent else len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def worker_setup(parent: int) -> None:
     """Pool-worker initialiser. Ctrl-C is the stage's to handle (it ends the pool); a worker
-    ends by itself once its parent is gone (a SIGKILLed stage would otherwise leave its
-    workers blocked forever)."""
+    ends by itself, with one line, once its parent is gone (a SIGKILLed stage would otherwise
+    leave its workers blocked forever, or printing tracebacks)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool's terminate() ends it quietly
+    stream = sys.stderr
+    sys.stderr = _QuietOrphan(stream, parent)
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
+        stream.write(f"preprocess: decoding worker {os.getpid()} exits, its stage is gone\n")
+        stream.flush()
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()

@@ -25,6 +25,7 @@ from harclip.har import (
     CLASS_NAMES,
     IMAGE_DIR,
     LABELS_CSV,
+    flag_small_classes,
     natural_class_order,
     read_labels_csv,
     write_classes,
@@ -247,8 +248,9 @@ def copy_folder(source: Path, dest: Path) -> int:
 
 
 def download(config: DownloadConfig, out_dir: Path = RAW_DIR) -> int:
-    """Write the configured source to `out_dir` atomically; return the number of images."""
-    with stage.atomic_directory(out_dir) as staging:
+    """Write the configured source to `out_dir` atomically, one run at a time; return the
+    number of images."""
+    with stage.output_lock(out_dir, "download"), stage.atomic_directory(out_dir) as staging:
         classes = None
         if config.source == "synthetic":
             count, classes = write_synthetic(config.synthetic, staging)
@@ -259,11 +261,18 @@ def download(config: DownloadConfig, out_dir: Path = RAW_DIR) -> int:
                 count = extract_kaggle_zip(zip_path, staging)
         else:
             count = copy_folder(Path(config.path), staging)
+        rows = read_labels_csv(staging / LABELS_CSV, {
+            "folder": Path(config.path or "") / LABELS_CSV,
+            "kaggle": f"{config.path or config.kaggle_dataset}: {LABELS_CSV}"}.get(config.source))
         if config.classes:
             classes = list(config.classes)
         elif classes is None:
-            classes = natural_class_order(row.label for row in
-                                          read_labels_csv(staging / LABELS_CSV) if row.label)
+            classes = natural_class_order(row.label for row in rows if row.label)
+        files = {name: [] for name in classes}
+        for row in rows:
+            if row.label in files:
+                files[row.label].append(f"line {row.line}: {row.filename}")
+        flag_small_classes(files, "download", minimum=3)  # one image for train, val, test
         write_classes(staging, classes)
         provenance = {"source": config.source, "path": config.path, "images": count,
                       "classes": len(classes)}

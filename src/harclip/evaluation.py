@@ -48,20 +48,27 @@ def predict_logits(model: HarClassifier, split: CachedSplit, batch_size: int,
 def classification_metrics(labels: np.ndarray, logits: np.ndarray,
                            class_names: list[str]) -> tuple[dict, dict]:
     """scikit-learn's accuracy, macro-F1 and top-5 accuracy (with more than 5 classes), and
-    apart from them the per-class accuracy (recall)."""
+    apart from them the per-class accuracy (recall).
+
+    A class with no image in the split has no per-class figure (None) and stays out of the
+    macro average, which covers the classes present (so a class too small to reach every
+    split does not count as a 0 in the split it missed).
+    """
     predicted = logits.argmax(axis=1)
-    every_class = list(range(len(class_names)))
-    per_class = recall_score(labels, predicted, labels=every_class, average=None,
-                             zero_division=0)
+    present = sorted(set(labels.tolist()))
+    recall = dict(zip(present, recall_score(labels, predicted, labels=present, average=None,
+                                            zero_division=0), strict=True))
     metrics = {
         "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, labels=every_class, average="macro",
+        "macro_f1": float(f1_score(labels, predicted, labels=present, average="macro",
                                    zero_division=0)),
     }
     if len(class_names) > TOP_K:
-        metrics["top5_accuracy"] = float(top_k_accuracy_score(labels, logits, k=TOP_K,
-                                                              labels=every_class))
-    return metrics, dict(zip(class_names, map(float, per_class), strict=True))
+        metrics["top5_accuracy"] = float(top_k_accuracy_score(
+            labels, logits, k=TOP_K, labels=list(range(len(class_names)))))
+    per_class = {name: float(recall[index]) if index in recall else None
+                 for index, name in enumerate(class_names)}
+    return metrics, per_class
 
 
 def zero_shot_accuracy(config: TrainConfig, class_names: list[str],
@@ -94,7 +101,8 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
               for split in ("val", "test")}
     splits = {split: data for split, data in splits.items() if len(data)}
     scores, report = {}, {"model": meta["model"], "checkpoint_epoch": meta["epoch"],
-                          "classes": class_names, "images": {}, "per_class_accuracy": {}}
+                          "classes": class_names, "images": {}, "per_class_accuracy": {},
+                          "classes_scored": {}}
     for split, data in splits.items():
         labels = data.labels.cpu().numpy()
         if labels.max(initial=0) >= len(class_names):
@@ -104,6 +112,7 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
         scores[split], report["per_class_accuracy"][split] = \
             classification_metrics(labels, logits, class_names)
         report["images"][split] = len(labels)
+        report["classes_scored"][split] = len(set(labels.tolist()))
         shown = (split, labels, logits.argmax(axis=1))  # the last: test when there is one
     train_config = TrainConfig(**{key: value for key, value in meta["params"].items()
                                   if key in TrainConfig.__dataclass_fields__})

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harclip.stage import StageError
+from harclip.stage import StageError, log
 
 # The Hugging Face ClassLabel order (ids 0..14) of Bingsu/Human_Action_Recognition.
 CLASS_NAMES: tuple[str, ...] = (
@@ -62,21 +63,23 @@ def write_labels_csv(path: Path, rows: Iterable[tuple[str, ...]],
         writer.writerows(rows)
 
 
-def read_labels_csv(path: Path) -> list[LabelRow]:
+def read_labels_csv(path: Path, shown_as: Path | str | None = None) -> list[LabelRow]:
     """Read Training_set.csv: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"),
-    header names in any case, an optional `split` column. Errors name the file."""
+    header names in any case, an optional `split` column. Errors name the file, or `shown_as`
+    (the user's own file, where `path` is a temporary copy of it)."""
+    name = shown_as or path
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: labels file not found; expected a Kaggle-layout "
+        raise FileNotFoundError(f"{name}: labels file not found; expected a Kaggle-layout "
                                 f"folder with {LABELS_CSV} and {IMAGE_DIR}/")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise StageError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8 "
+        raise StageError(f"{name}: not UTF-8 text (byte {err.start}); save it as UTF-8 "
                          f"(in Excel: CSV UTF-8)") from err
     reader = csv.reader(text.splitlines())
     header = [cell.strip().lower() for cell in next(reader, [])]
     if not set(CSV_COLUMNS) <= set(header):
-        raise StageError(f"{path}: expected a header with 'filename' and 'label' columns "
+        raise StageError(f"{name}: expected a header with 'filename' and 'label' columns "
                          f"(and optionally 'split'), got {','.join(header)!r}")
     where = {name: header.index(name) for name in (*CSV_COLUMNS, SPLIT_COLUMN)
              if name in header}
@@ -88,6 +91,28 @@ def read_labels_csv(path: Path) -> list[LabelRow]:
     return [LabelRow(line=number, filename=cell(row, "filename"), label=cell(row, "label"),
                      split=cell(row, SPLIT_COLUMN).lower())
             for number, row in enumerate(reader, start=2) if any(c.strip() for c in row)]
+
+
+SMALL_CLASS_SHARE = 0.05
+"""A class with fewer images than this share of the median class is flagged."""
+
+
+def flag_small_classes(files: Mapping[str, Sequence[str]], who: str, minimum: int = 1,
+                       ) -> list[str]:
+    """Warn of each class (files: class → its files, in row order) far smaller than the others
+    (under SMALL_CLASS_SHARE of the median) or under `minimum` images: most likely a mistyped
+    label that became a class of its own. Returns those classes."""
+    counts = {name: len(rows) for name, rows in files.items()}
+    median = statistics.median(counts.values()) if counts else 0
+    small = [name for name, count in counts.items()
+             if count < minimum or count < SMALL_CLASS_SHARE * median]
+    for name in small:
+        shown = ", ".join(files[name][:3]) + (", ..." if counts[name] > 3 else "")
+        log.warning("%s: class %r has %d image(s) (%s), against a median of %g per class: a "
+                    "mistyped label? Fix it, or pin the classes with download.classes (a "
+                    "label outside them is then reported as a bad row)", who, name,
+                    counts[name], shown or "none", median)
+    return small
 
 
 def natural_class_order(labels: Iterable[str]) -> list[str]:

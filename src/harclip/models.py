@@ -334,16 +334,31 @@ def save_atomically(payload: dict, path: Path) -> None:
                          f"rerun") from err
 
 
+def load_data(path: Path, **options):
+    """torch.load of data only (tensors, numbers, strings, containers), onto the CPU; any
+    other file is a StageError in one line. A file that holds Python objects is refused: pickle
+    would run whatever code they carry."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **options)
+    except Exception as err:  # pickle, zip and torch errors for anything not a checkpoint
+        if "Weights only load failed" in str(err):  # a pickle, not data alone
+            what = "not a harclip checkpoint: it holds Python objects (code)" \
+                if "Unsupported global" in str(err) else \
+                "not a readable checkpoint: torch's data-only loader refuses it"
+            raise StageError(f"{path}: {what}; harclip never unpickles: do not load it with "
+                             f"pickle (torch.load(weights_only=False)) unless you trust whoever "
+                             f"made it") from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}"
+                         f"{': ' + first_line[:200] if first_line else ''})") from None
+
+
 def load_checkpoint(path: Path | str) -> tuple[HarClassifier, dict]:
     """Rebuild a saved classifier; a file of another format or architecture is a clear error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors for anything not a checkpoint
-        raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") \
-            from err
+    payload = load_data(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise StageError(f"{path}: not a harclip checkpoint (expected format "
                          f"{CHECKPOINT_FORMAT!r}); train one with `dvc repro`")

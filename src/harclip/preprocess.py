@@ -15,7 +15,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
@@ -24,7 +24,14 @@ from harclip import stage
 from harclip.cache import CACHE_DIR, SPLITS, CacheItem, write_cache
 from harclip.config import PreprocessConfig, load_params
 from harclip.decode import Rejected, decode_file, summarise, worker_setup
-from harclip.har import CLASSES_JSON, IMAGE_DIR, LABELS_CSV, read_classes, read_labels_csv
+from harclip.har import (
+    CLASSES_JSON,
+    IMAGE_DIR,
+    LABELS_CSV,
+    flag_small_classes,
+    read_classes,
+    read_labels_csv,
+)
 
 RAW_DIR = Path("data/raw")
 
@@ -130,6 +137,27 @@ def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], 
     return candidates, rejected, classes
 
 
+def drop_rare_classes(candidates: list[Candidate], classes: list[str], minimum: int
+                      ) -> tuple[list[Candidate], list[Rejected], list[str]]:
+    """Leave out the classes with fewer than `minimum` candidates (their rows reported as
+    `rare_class`), renumbering the rest; flag every class far smaller than the others."""
+    files: dict[str, list[str]] = {name: [] for name in classes}
+    for candidate in candidates:
+        files[classes[candidate.label]].append(candidate.filename)
+    flag_small_classes(files, "preprocess", minimum)
+    rare = {name for name, names in files.items() if len(names) < minimum}
+    if not rare:
+        return candidates, [], classes
+    kept = [name for name in classes if name not in rare]
+    new_id = {classes.index(name): index for index, name in enumerate(kept)}
+    rejected = [Rejected(c.filename, "rare_class",
+                         f"class {classes[c.label]!r} has {len(files[classes[c.label]])} "
+                         f"image(s), fewer than preprocess.min_images_per_class = {minimum}")
+                for c in candidates if classes[c.label] in rare]
+    return [replace(c, label=new_id[c.label]) for c in candidates if c.label in new_id], \
+        rejected, kept
+
+
 def assign_splits(labels: Sequence[int], hashes: Sequence[str], val_fraction: float,
                   test_fraction: float, seed: int) -> np.ndarray:
     """Each item's split (an index into SPLITS): stratified per class, byte-identical files
@@ -163,8 +191,17 @@ def assign_splits(labels: Sequence[int], hashes: Sequence[str], val_fraction: fl
 
 def preprocess(config: PreprocessConfig, raw_dir: Path = RAW_DIR,
                out_dir: Path = CACHE_DIR) -> dict:
-    """Decode, split and cache `raw_dir` into `out_dir` atomically; return the summary."""
+    """Decode, split and cache `raw_dir` into `out_dir` atomically, one run at a time; return
+    the summary."""
+    with stage.output_lock(out_dir, "preprocess"):
+        return _preprocess(config, raw_dir, out_dir)
+
+
+def _preprocess(config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
     candidates, rejected, classes = collect_candidates(raw_dir)
+    candidates, rare, classes = drop_rare_classes(candidates, classes,
+                                                  config.fewest_images_per_class)
+    rejected += rare
     workers = config.workers or len(os.sched_getaffinity(0))
     jobs = [(raw_dir / IMAGE_DIR / c.filename, config.image_size, config.fit,
              config.max_image_pixels) for c in candidates]

@@ -78,8 +78,14 @@ class RunLog:
         self.live.end()
 
     def close(self) -> None:
+        """Release the log file and the git repository DVCLive opened (DVCLive has no close:
+        left to the garbage collector at exit, dulwich's pack files print 'sys.meta_path is
+        None' tracebacks)."""
         stage.log.removeHandler(self.text)
         self.text.close()
+        repo = getattr(self.live, "_dvc_repo", None)
+        if repo is not None:
+            repo.close()
 
 
 def series_file(log_dir: Path, name: str) -> Path:

@@ -169,6 +169,11 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
     try:
         yield staging
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if err.filename is None:  # a write to an open file (a full disk) names no file
+            err.filename = str(final)
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -176,6 +181,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
+
+
+def output_lock(final: Path, what: str):
+    """One live run writing `final` at a time (a direct run beside another, or beside
+    `dvc repro`): the lock file beside it, named as its staging folders are."""
+    return exclusive(final.parent / f".{final.name}.lock", what)
 
 
 @contextlib.contextmanager

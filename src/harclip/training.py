@@ -39,6 +39,7 @@ from harclip.models import (
     PromptEncoder,
     build_model,
     image_normalisation,
+    load_data,
     model_image_size,
     save_atomically,
     save_checkpoint,
@@ -93,9 +94,9 @@ def load_resume_state(path: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say so and start afresh
-        stage.log.warning("%s: unreadable (%s); starting afresh", path, err)
+        saved = load_data(path)
+    except StageError as err:  # a truncated or foreign file: say so and start afresh
+        stage.log.warning("%s; starting afresh", err)
         return None
     if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
         stage.log.warning("%s: not a harclip resume state; starting afresh", path)
@@ -129,7 +130,7 @@ def best_so_far(checkpoint: Path) -> dict:
     """The epoch and val acc of a run's best checkpoint so far, read from the file itself."""
     if not checkpoint.is_file():
         return {"val_acc": -1.0}
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    saved = load_data(checkpoint, mmap=True)
     return {"val_acc": saved["val_acc"], "epoch": saved["epoch"]}
 
 
