@@ -91,3 +91,17 @@ def test_stages_run_the_projects_own_code_not_the_installed_copy(tmp_path):
         config.write('\nraise SystemExit("imported the experiment\'s own src/harclip")\n')
     with pytest.raises(AssertionError, match="imported the experiment's own src/harclip"):
         project.repro("check_params")
+
+
+def test_show_lists_the_params_that_differ_and_every_models_headline():
+    baseline = _run({"clip.test_acc": 0.5, "clip.val_acc": 0.55, "clip.epoch_s": 12.34,
+                     "clip.peak_mb": 980.2}, {}, typ="baseline", prefix="metrics/clip/eval.json:")
+    faster = _run({"clip.test_acc": 0.61, "clip.epoch_s": 9.0}, {"train_clip.lr": 5e-4})
+    faster["Experiment"] = "lr-5e-4"
+    table = experiments.show_table([baseline, faster]).splitlines()
+    assert table[0].startswith("| run | train_clip.lr | CLIP test % | CLIP val % | "
+                               "CLIP s/epoch | CLIP MB | SigLIP test %")
+    lr = _params_row()["train_clip.lr"]
+    assert table[2].startswith(f"| abc (commit) | {lr} | 50.0 | 55.0 | 12.3 | 980 | — |")
+    assert table[3].startswith("| lr-5e-4 | 0.0005 | 61.0 | — | 9.0 | — |")
+    assert all(len(line.split("|")) == len(table[0].split("|")) for line in table)

@@ -1,5 +1,6 @@
 """Sweeps through DVC's own experiment queue, and the tables and figures that collect them.
 
+    python -m harclip.experiments show                       # every run at a glance
     python -m harclip.experiments seeds --seeds 1 2          # every model at other seeds
     python -m harclip.experiments ablation --seeds 0 1 2     # A-CLIP vs FLIP vs full tokens
     dvc queue status                                         # follow them
@@ -196,6 +197,37 @@ def ablation_figure(found: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+SHOWN = {"test_acc": "test %", "val_acc": "val %", "epoch_s": "s/epoch", "peak_mb": "MB"}
+"""Each model's headline columns in `show`, as they are headed."""
+
+
+def show_table(rows: list[dict]) -> str:
+    """A markdown table of the runs: each one's name, the params that differ between them,
+    and every model's test and val accuracy, time per epoch and peak memory; the columns
+    `dvc exp show` elides in a narrow terminal, and only them."""
+    params = [params_of(row) for row in rows]
+    varying = sorted(k for k in {k for p in params for k in p}
+                     if len({repr(p.get(k)) for p in params}) > 1)
+    columns = [(f"{LABELS[m]} {head}", f"{m}.{key}") for m in METHODS
+               for key, head in SHOWN.items()]
+
+    def cell(value, key: str) -> str:
+        if value is None:
+            return "—"
+        if key.endswith("_acc"):
+            return f"{100 * value:.1f}"
+        return f"{value:.1f}" if key.endswith("_s") else f"{value:.0f}"
+
+    lines = ["| run | " + " | ".join([*varying, *(head for head, _ in columns)]) + " |",
+             "| :-- | " + " | ".join([":-:"] * (len(varying) + len(columns))) + " |"]
+    for row, row_params in zip(rows, params, strict=True):
+        name = row.get("Experiment") or f"{str(row.get('rev', ''))[:7]} (commit)"
+        cells = [str(row_params.get(key, "—")) for key in varying]
+        cells += [cell(value(row, key), key) for _, key in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(kind: str, out: Path, revs: list[str] | None = None) -> str:
     rows = finished_runs(revs)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,6 +255,10 @@ def main() -> None:
     commands.choices["ablation"].add_argument(
         "--keep-ratios", type=float, nargs="+", default=[0.75, 0.5],
         help="keep ratios of the masked runs (all tokens, 1.0, always)")
+    show = commands.add_parser("show", help="the experiments at a glance: the params that "
+                               "differ and every model's headline numbers")
+    show.add_argument("--rev", nargs="+", dest="revs",
+                      help="commits whose experiments to show (default: the current one)")
     collect = commands.add_parser("report", help="table and figure of finished experiments")
     collect.add_argument("kind", choices=("seeds", "ablation"))
     collect.add_argument("--out", type=Path, default=Path("docs/results"))
@@ -230,7 +266,9 @@ def main() -> None:
                          help="the commits the experiments were run on, their params.yaml "
                               "alike (default: the current one)")
     args = cli.parse_args()
-    if args.command == "seeds":
+    if args.command == "show":
+        sys.stdout.write(show_table(finished_runs(args.revs)))
+    elif args.command == "seeds":
         queue_seeds(args.seeds, args.jobs)
     elif args.command == "ablation":
         queue_ablation(args.seeds, args.jobs, tuple(args.keep_ratios))
