@@ -28,6 +28,7 @@ refresh is measured in the steady epoch too; validation runs eager and is timed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -71,8 +72,8 @@ TARGETS_S = {"clip": 1.7, "sglip": 3.5, "aclip": 2.9}
 """Steady-state seconds per HAR epoch on one H100 (issue 10's targets; A-CLIP's excludes its
 refresh, whose own target is REFRESH_TARGET_S)."""
 REFRESH_TARGET_S = 1.0
-MIN_CHILD_S = 30.0
-"""The least time a stage is given, however little of the budget is left when it starts."""
+MIN_PHASE_S = 20.0
+"""A phase starts only with at least this much of the budget left (none runs past it)."""
 
 
 @dataclass
@@ -159,9 +160,9 @@ class Workspace:
         return self.running
 
     def wait(self, process: subprocess.Popen) -> int:
-        """The exit status, or PhaseTimeout once the time left is over (the process group
-        killed)."""
-        timeout = max(MIN_CHILD_S, self.deadline - time.perf_counter())
+        """The exit status, or PhaseTimeout once the budget's time is over (the stage and
+        every process it started killed)."""
+        timeout = max(0.0, self.deadline - time.perf_counter())
         try:
             return process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -170,23 +171,40 @@ class Workspace:
                 from None
 
     def kill(self) -> None:
-        """End the running stage's process group: SIGTERM, then SIGKILL."""
+        """End the running stage and everything it started: SIGTERM to its process group,
+        then SIGKILL to every descendant still there (torchrun starts its workers in sessions
+        of their own, and a worker stuck in a collective never runs its SIGTERM handler)."""
         process, self.running = self.running, None
         if process is None or process.poll() is not None:
             return
-        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(timeout=grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-            except ProcessLookupError:
-                return
+        tree = [process.pid, *descendants(process.pid)]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
 
     def run(self, *args: str) -> tuple[int, float]:
         started = time.perf_counter()
         return self.wait(self.start(*args)), time.perf_counter() - started
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (no psutil on a bare GPU machine)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 def build_cache(cache: Path, train: int, val: int, size: int) -> None:
@@ -341,9 +359,11 @@ def data_parallel(ws: Workspace, params: dict, processes: int, report: Report) -
     processes_text = f"{processes} process{'es' if processes > 1 else ''}"
     wrapped = f"× {processes_text} (data-parallel)" in ws.log.read_text()
     backend = "NCCL" if torch.cuda.is_available() else "gloo"
+    speed = f", {read_run(ws.root / 'logs' / 'clip')['mean_images_per_s']:,.0f} img/s " \
+        "(its only epoch: compile included)" if code == 0 else ""
     report.checks.append(Check(
         f"train_clip under DistributedDataParallel, {processes_text} ({backend})",
-        code == 0 and wrapped, f"exit status {code} in {seconds:.0f} s"
+        code == 0 and wrapped, f"exit status {code} in {seconds:.0f} s{speed}"
         + ("" if wrapped else "; no data-parallel line in the log")))
 
 
@@ -362,7 +382,7 @@ def run_phases(phases: list[tuple[str, Callable[[], None]]], ws: Workspace,
     """Each phase in turn, the report written after each: a phase that raises or runs out
     of time is a failed check; once the budget is spent the rest are reported as not run."""
     for name, phase in phases:
-        if time.perf_counter() >= ws.deadline:
+        if ws.deadline - time.perf_counter() < MIN_PHASE_S:
             report.checks.append(Check(name, False, "not run: the time budget was spent"))
         else:
             try:
@@ -382,7 +402,7 @@ def main() -> int:
     cli.add_argument("--pretrained", action="store_true",
                      help="keep the recipe's pretrained tags (weights must be cached locally)")
     cli.add_argument("--device", default="auto")
-    cli.add_argument("--budget-s", type=float, default=330.0,
+    cli.add_argument("--budget-s", type=float, default=340.0,
                      help="no phase starts after this many seconds, and none runs past them "
                           "(default %(default)s)")
     args = cli.parse_args()
@@ -409,9 +429,11 @@ def main() -> int:
         phases = [("synthetic cache", lambda: build_cache(cache, train_images, val_images,
                                                           size))]
         phases += [(f"train_{m}", lambda m=m: train_stage(ws, m, report)) for m in METHODS]
+        # DDP over a group of one right after CLIP's run (it overwrites CLIP's logs, read
+        # by then): what the first GPU run most needs checked comes before the budget ends.
+        phases.insert(2, ("DistributedDataParallel, one process",
+                          lambda: data_parallel(ws, params, 1, report)))
         phases += [("evaluate and predict", lambda: evaluate_and_predict(ws, device, report)),
-                   ("DistributedDataParallel, one process",
-                    lambda: data_parallel(ws, params, 1, report)),
                    ("host syncs per step",
                     lambda: syncs_per_step(params, cache, device, report)),
                    ("NCCL, 2 GPUs", lambda: data_parallel(ws, params, 2, report))]

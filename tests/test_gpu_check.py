@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,23 +56,36 @@ def test_a_spent_budget_starts_no_phase_and_still_writes_a_valid_report(tmp_path
     assert "| check | result | detail |" in (tmp_path / "gpu_check.md").read_text()
 
 
-def test_a_stage_past_the_time_left_is_killed_and_reported(tmp_path, monkeypatch):
+def test_a_stage_past_the_time_left_is_killed_and_reported(tmp_path):
+    """Killed with every process it started, those in sessions of their own too (torchrun's
+    workers)."""
     module = _gpu_check()
-    monkeypatch.setattr(module, "MIN_CHILD_S", 1.0)
     ws = module.Workspace(tmp_path, tmp_path / "log", deadline=time.perf_counter() + 60)
     report = module.Report(tmp_path, {"hardware": "h", "torch": "t", "train_images": 1,
                                       "val_images": 1, "image_size": 8})
+    (tmp_path / "spawner.py").write_text(
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],\n"
+        "                 start_new_session=True)\n"
+        "time.sleep(600)\n")
     started = []
 
-    def hangs():  # starts within the budget, then would run for ever
-        ws.deadline = time.perf_counter() + 0.5
-        started.append(ws.start("http.server", "0", "--bind", "127.0.0.1"))
-        ws.wait(started[-1])
+    def hangs():  # starts within the budget, then would run for ever, as would its worker
+        ws.deadline = time.perf_counter() + 3
+        started.append(ws.start("spawner"))
+        while not module.descendants(started[0].pid):
+            time.sleep(0.1)
+        started.extend(module.descendants(started[0].pid))
+        ws.wait(started[0])
 
     module.run_phases([("hangs", hangs)], ws, report)
     check, = report.checks
     assert check.name == "hangs" and not check.passed and "killed after" in check.detail
-    assert started[0].poll() is not None  # the child is gone
+    stage, worker = started
+    assert stage.poll() is not None
+    time.sleep(0.5)
+    assert not Path(f"/proc/{worker}").exists() or \
+        Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z"
     assert json.loads((tmp_path / "gpu_check.json").read_text())["checks"][0]["name"] == "hangs"
 
 

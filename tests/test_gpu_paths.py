@@ -102,16 +102,16 @@ def test_no_host_reads_in_an_epoch_without_a_live_progress_bar(monkeypatch):
 
 
 def test_tf32_is_turned_on_for_a_gpu_only():
-    matmul = torch.backends.cuda.matmul
-    before = matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    before = torch.get_float32_matmul_precision()
     try:
+        torch.set_float32_matmul_precision("highest")
         hardware.enable_tf32(torch.device("cpu"))
-        assert matmul.fp32_precision == before[0]
+        assert torch.get_float32_matmul_precision() == "highest"
         hardware.enable_tf32(torch.device("cuda", 0))  # sets a flag; needs no GPU
-        assert matmul.fp32_precision == "tf32"
-        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32  # the getter Inductor calls still works
     finally:
-        matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+        torch.set_float32_matmul_precision(before)
 
 
 @pytest.mark.parametrize("name", ["harclip-tiny-clip", "harclip-tiny-siglip",
@@ -127,7 +127,7 @@ def test_prompts_cut_to_the_longest_encode_as_the_whole_context(name):
     handle = (getattr(clip, "text", clip)).transformer.register_forward_pre_hook(
         lambda _m, args: lengths.append(args[0].shape[1]))
     with torch.no_grad():
-        cut = encode_text_cut(clip, tokens)
+        cut = encode_text_cut(clip, tokens, int((tokens != 0).sum(dim=1).max()))
         lengths_cut = lengths[:]
         full = clip.encode_text(tokens, normalize=True)
     handle.remove()
@@ -143,7 +143,7 @@ def test_a_tower_without_a_causal_mask_gets_the_whole_context():
     tokens = torch.zeros(2, clip.text.num_pos, dtype=torch.long)
     tokens[:, :5] = torch.randint(1, 1000, (2, 5))
     with torch.no_grad():
-        assert torch.allclose(encode_text_cut(clip, tokens),
+        assert torch.allclose(encode_text_cut(clip, tokens, 5),
                               clip.encode_text(tokens, normalize=True))
 
 
@@ -178,3 +178,46 @@ def test_the_resume_state_is_saved_every_resume_every_epochs_but_the_last(
     rows = read_epochs(tmp_path / "logs" / "clip")
     assert all(row["save_time_s"] > 0 for row in rows)  # the checkpoint, the state: timed
     assert summary["mean_save_time_s"] > 0
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_of_the_epochs_it_restored(
+        small_cache, tmp_path, monkeypatch):
+    """With resume_every 2, a run stopped in epoch 3 resumes after epoch 2; the best.pt a
+    later epoch of the stopped run wrote is not this run's: the one saved with the state is."""
+    config = TrainConfig(epochs=3, batch_size=64, resume_every=2, device="cpu")
+    folders = (tmp_path / "models", tmp_path / "logs", tmp_path / "resume")
+    original = training.Trainer._epoch
+
+    def stop_in_epoch_3(self, epoch, describe):
+        if epoch == 3:
+            best = tmp_path / "resume" / "clip" / "best.pt"  # as if epoch 3 had saved one
+            payload = torch.load(best, weights_only=True)
+            torch.save({**payload, "epoch": 3, "val_acc": 0.99}, best)
+            raise KeyboardInterrupt
+        return original(self, epoch, describe)
+
+    monkeypatch.setattr(training.Trainer, "_epoch", stop_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        training.run("clip", config, small_cache, *folders)
+    monkeypatch.setattr(training.Trainer, "_epoch", original)
+    summary = training.run("clip", config, small_cache, *folders)
+    saved = torch.load(tmp_path / "models" / "clip.pt", weights_only=True)
+    assert summary["best_val_acc"] < 0.99 and saved["val_acc"] == summary["best_val_acc"]
+    assert saved["epoch"] == summary["best_epoch"]
+
+
+def test_the_prompt_encoder_reads_nothing_back_from_the_device(monkeypatch):
+    """The image–text term runs every micro-batch: its prompts' length is known on the host,
+    not read from the device's tokens each time (a GPU sync)."""
+    from harclip.har import CLASS_NAMES
+    from harclip.models import PromptEncoder
+
+    prompts = PromptEncoder(create_tokenizer("harclip-tiny-clip"), CLASS_NAMES, ["a {}"])
+    clip = create_backbone("harclip-tiny-clip", None)
+
+    def host_read(*_args):
+        raise AssertionError("a value read back from the device")
+
+    for name in ("item", "__int__", "tolist", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    assert prompts(clip).shape == (len(CLASS_NAMES), 128)

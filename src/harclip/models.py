@@ -154,18 +154,20 @@ class PromptEncoder(nn.Module):
         super().__init__()
         texts = [template.format(class_prompt_name(name, phrases))
                  for name in class_names for template in templates]
-        self.register_buffer("tokens", tokenizer(texts), persistent=False)
+        tokens = tokenizer(texts)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.length = int((tokens != 0).sum(dim=1).max())  # here, on the host: no GPU sync
         self.num_classes, self.num_templates = len(class_names), len(templates)
 
     def forward(self, clip: nn.Module) -> torch.Tensor:
-        embeddings = encode_text_cut(clip, self.tokens)
+        embeddings = encode_text_cut(clip, self.tokens, self.length)
         embeddings = embeddings.reshape(self.num_classes, self.num_templates, -1).mean(dim=1)
         return F.normalize(embeddings, dim=-1)
 
 
-def encode_text_cut(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """`clip.encode_text(tokens, normalize=True)`, computed on the tokens cut after the
-    longest text's last one (padding is id 0).
+def encode_text_cut(clip: nn.Module, tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """`clip.encode_text(tokens, normalize=True)`, computed on the tokens cut to `length`, the
+    longest text's (its last token and all before; padding is id 0).
 
     Exact for a causal text tower pooled at the end-of-text token (CLIP's, and the tiny
     SigLIP's here): no token attends to a later one and the pooled token is kept, so the
@@ -178,7 +180,6 @@ def encode_text_cut(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if pool != "argmax" or mask is None or getattr(tower, "cls_emb", None) is not None \
             or getattr(tower, "use_pad_mask", False):
         return clip.encode_text(tokens, normalize=True)
-    length = int((tokens != 0).sum(dim=1).max())
     tokens = tokens[:, :length]
     cast = tower.transformer.get_cast_dtype()
     x = tower.token_embedding(tokens).to(cast) + tower.positional_embedding[:length].to(cast)

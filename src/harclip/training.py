@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
 import shutil
 import time
@@ -107,6 +108,18 @@ def load_resume_state(path: Path, fingerprint: str) -> dict | None:
     return saved["trainer"]
 
 
+def snapshot(source: Path, target: Path) -> None:
+    """`target` becomes a copy of `source`: a hard link where the file system has them (free;
+    `source` is only ever replaced by a rename, never rewritten in place), else a copy."""
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copy2(source, partial)
+    partial.replace(target)
+
+
 def save_resume_state(path: Path, fingerprint: str, trainer: Trainer) -> None:
     save_atomically({"format": RESUME_FORMAT, "fingerprint": fingerprint,
                      "trainer": trainer.state_dict()}, path)
@@ -124,14 +137,6 @@ def timing_summary(history: list[EpochRecord]) -> dict:
         "first_epoch_time_s": history[0].epoch_time_s,
         "peak_memory_mb": max(r.peak_memory_mb for r in history),
     }
-
-
-def best_so_far(checkpoint: Path) -> dict:
-    """The epoch and val acc of a run's best checkpoint so far, read from the file itself."""
-    if not checkpoint.is_file():
-        return {"val_acc": -1.0}
-    saved = load_data(checkpoint, mmap=True)
-    return {"val_acc": saved["val_acc"], "epoch": saved["epoch"]}
 
 
 def headline(history: list[EpochRecord], best: dict) -> dict:
@@ -202,17 +207,19 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     trainer = Trainer(model, objective, train_split, val_split, augment, config, world)
     fingerprint = run_fingerprint(config, cache_dir, device)
     state_path, best_path = work_dir / "state.pt", work_dir / "best.pt"
-    resumed = load_resume_state(state_path, fingerprint) \
-        if best_path.is_file() else None  # each epoch writes best.pt before the state
+    best_at_state = work_dir / "best-at-state.pt"  # best.pt as it was when the state was saved
+    resumed = load_resume_state(state_path, fingerprint) if best_at_state.is_file() else None
     # Also a barrier: every process has read the state before rank 0 may clear it.
     if world.reduce(resumed is None, "max") != world.reduce(resumed is None, "min"):
         raise StageError(f"{state_path}: not every process can read this resume state; put "
                          f"the repo on a file system all machines share, or delete it")
     if resumed is not None:
         trainer.load_state_dict(resumed)
+        if world.is_main:  # a later best.pt belongs to epochs this run will redo
+            snapshot(best_at_state, best_path)
     elif world.is_main and work_dir.exists():
         shutil.rmtree(work_dir)
-    best = best_so_far(best_path) if resumed is not None else {"val_acc": -1.0}
+    best = best_of(trainer.history) if resumed is not None else {"val_acc": -1.0}
     run_log = RunLog(name, logs_dir / name, asdict(config)) if world.is_main else None
     stage.log.info("%s: %s (pretrained: %s) on %s%s, %d train / %d val images, %d epochs",
                    name, config.model, config.pretrained, device,
@@ -241,6 +248,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
                 "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
         if record.epoch % config.resume_every == 0 and record.epoch < config.epochs:
             save_resume_state(state_path, fingerprint, trainer)
+            snapshot(best_path, best_at_state)
         record.save_time_s = time.perf_counter() - started
         save_times.append(record.save_time_s)
         run_log.epoch(record, headline(trainer.history, best))
@@ -249,8 +257,9 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
         history = trainer.fit(on_epoch, describe=name)
     except KeyboardInterrupt:
         if state_path.is_file():
-            stage.log.error("%s: interrupted; rerun to resume after the last complete epoch "
-                            "(state in %s)", name, work_dir)
+            stage.log.error("%s: interrupted; rerun to resume after the last saved epoch "
+                            "(every resume_every = %d; state in %s)", name, config.resume_every,
+                            work_dir)
         raise
     finally:
         if run_log is not None:
