@@ -1,6 +1,8 @@
 # Set-up and everyday commands. Needs only python3 (3.11+), git and make.
 #   make repro   build .venv with the pinned dependencies, then run the whole pipeline
 #   make test    build .venv, then lint and run the test suite (what CI runs)
+#   make test-fast   the suite without the tests marked slow (real pipelines, training runs)
+#   make pretrained  rebuild the shipped tiny CLIP and SigLIP checkpoints (CPU, tens of minutes)
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +10,8 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro results test lint bench lock clean-venv gpu-wheels plots-template
+.PHONY: venv repro results test test-fast lint bench lock clean-venv gpu-wheels plots-template \
+	pretrained
 
 venv: $(VENV)/.installed
 
@@ -37,6 +40,15 @@ lint: venv
 # listed so a slow addition shows in CI's log.
 test: lint
 	pytest -n 2 --dist worksteal --durations=15
+
+test-fast: lint
+	pytest -n 2 --dist worksteal -m "not slow" --durations=10
+
+# The demo's pretrained starts (models/pretrained/, in git): spent once, by whoever changes the
+# world or its schedule (models/pretrained/pretrain.yaml); never by `dvc repro` or CI.
+pretrained: venv
+	python -m harclip.pretrain clip
+	python -m harclip.pretrain siglip
 
 bench: venv
 	python benchmarks/preprocess_bench.py
