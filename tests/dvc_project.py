@@ -18,11 +18,14 @@ BIN = Path(sys.executable).parent
 
 
 class DvcProject:
+    """The repo's pipeline (dvc.yaml, src/, the shipped pretrained starts) with given params."""
+
     def __init__(self, root: Path, params: dict) -> None:
         self.root = root
         shutil.copytree(REPO_ROOT / "src", root / "src",
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+        shutil.copytree(REPO_ROOT / "models" / "pretrained", root / "models" / "pretrained")
         self.write_params(params)
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
                     "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from harclip import experiments
+from harclip import experiments, results
 from harclip.config import load_params
 from tests.conftest import REPO_ROOT
 from tests.dvc_project import DvcProject, tiny_params
@@ -48,7 +48,7 @@ def test_ablation_table_groups_by_token_choice_with_one_run_per_seed():
             _aclip("random", 0.5, 0, 0.40), _aclip("random", 0.5, 1, 0.44)]
     other_sweep = _aclip("random", 0.5, 2, 0.10)
     other_sweep["train_aclip.epochs"] = 3  # a run of another sweep: not this ablation's
-    table, found = experiments.ablation_table([*rows, other_sweep])
+    table, found = results.ablation_table([*rows, other_sweep])
     teacher, flip = found[("teacher", 0.75)], found[("random", 0.5)]
     assert teacher["test_acc"] == [0.50, 0.54]  # the commit's seed 0, not the repeat
     assert flip["test_acc"] == [0.40, 0.44] and flip["seeds"] == 2
@@ -63,7 +63,7 @@ def test_seeds_table_reads_metric_columns_prefixed_with_their_file():
                  {f"train_{m}.seed": seed for m in ("clip", "sglip", "aclip")},
                  "baseline" if seed == 0 else "branch_commit", prefix="metrics/x/eval.json:")
             for seed, acc in ((0, 0.5), (1, 0.6), (2, 0.7))]
-    table, found = experiments.seeds_table(rows)
+    table, found = results.seeds_table(rows)
     assert found["sglip"]["seeds"] == [0, 1, 2]
     assert found["clip"]["test_acc"] == pytest.approx([0.5, 0.6, 0.7])
     assert "| **A-CLIP** | 0, 1, 2 | 60.0 ± 10.0 | 60.0 ± 10.0 | 0.6 ± 0.1 |" in table
@@ -98,10 +98,45 @@ def test_show_lists_the_params_that_differ_and_every_models_headline():
                      "clip.peak_mb": 980.2}, {}, typ="baseline", prefix="metrics/clip/eval.json:")
     faster = _run({"clip.test_acc": 0.61, "clip.epoch_s": 9.0}, {"train_clip.lr": 5e-4})
     faster["Experiment"] = "lr-5e-4"
-    table = experiments.show_table([baseline, faster]).splitlines()
+    table = results.show_table([baseline, faster]).splitlines()
     assert table[0].startswith("| run | train_clip.lr | CLIP test % | CLIP val % | "
                                "CLIP s/epoch | CLIP MB | SigLIP test %")
     lr = _params_row()["train_clip.lr"]
     assert table[2].startswith(f"| abc (commit) | {lr} | 50.0 | 55.0 | 12.3 | 980 | — |")
     assert table[3].startswith("| lr-5e-4 | 0.0005 | 61.0 | — | 9.0 | — |")
     assert all(len(line.split("|")) == len(table[0].split("|")) for line in table)
+
+
+def test_the_finetune_sweep_queues_every_arm_but_the_commits_for_the_three_models(monkeypatch):
+    queued = []
+    monkeypatch.setattr(experiments, "_dvc", lambda *args: queued.append(args))
+    experiments.queue_finetune([0, 1], jobs=0)
+    runs = [a for a in queued if a[0] == "exp"]
+    assert len(runs) == 2 * (len(experiments.FINETUNE) - 1) and queued[-1][0] == "exp"
+    lora = next(a for a in runs if "ft-LoRA-rank-4-s1" in a)
+    sets = [a for a in lora if "=" in a]
+    assert sets == [f"train_{m}.{k}" for m in ("clip", "sglip", "aclip")
+                    for k in ("tune=\"lora\"", "seed=1")]
+    scratch = next(a for a in runs if "ft-from-scratch-lr-s0" in a)
+    assert "train_sglip.pretrained=null" in scratch and "train_aclip.lr=0.001" in scratch
+
+
+def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs():
+    metrics = lambda acc, wise=None: {  # noqa: E731
+        f"{m}.{k}": v for m in ("clip", "sglip", "aclip")
+        for k, v in (("test_acc", acc), ("epoch_s", 10.0), ("peak_mb", 900.0),
+                     ("trainable", 4000), ("wise_test_acc", wise)) if v is not None}
+    seed = lambda s: {f"train_{m}.seed": s for m in ("clip", "sglip", "aclip")}  # noqa: E731
+    lora = lambda s: {**seed(s), **{f"train_{m}.tune": "lora"  # noqa: E731
+                                    for m in ("clip", "sglip", "aclip")}}
+    rows = [_run(metrics(0.70, 0.72), seed(0), typ="baseline"),
+            _run(metrics(0.74, 0.76), seed(1)),
+            _run(metrics(0.60), lora(0)), _run(metrics(0.64), lora(1))]
+    found = results.finetune_found(rows)
+    clip = found["clip"]
+    assert clip["full fine-tuning"]["test_acc"] == pytest.approx([0.70, 0.74])
+    assert clip["LoRA, rank 4"]["test_acc"] == pytest.approx([0.60, 0.64])
+    assert clip["WiSE-FT at the α chosen on val"]["test_acc"] == pytest.approx([0.72, 0.76])
+    assert "+ layer decay 0.75" not in clip  # not run
+    table = results.finetune_table(found)
+    assert "| LoRA, rank 4 | 2 | 62.0 ± 2.8 | 10.0 ± 0.0 | 900 ± 0 | 4,000 |" in table

@@ -8,10 +8,10 @@ import yaml
 
 from harclip.augment import DeviceAugment
 from harclip.config import parse_params
-from harclip.engine import parameter_groups
 from harclip.feed import Batch, CachedSplit
 from harclip.models import build_model, image_normalisation, model_image_size
 from harclip.training import build_objective
+from harclip.tuning import parameter_groups
 from tests.conftest import REPO_ROOT
 from tests.dvc_project import tiny_params
 

@@ -14,7 +14,6 @@ from harclip.engine import (
     TrainStep,
     accumulate_gradients,
     make_scheduler,
-    parameter_groups,
     train,
 )
 from harclip.feed import Batch, CachedSplit, effective_batches, steps_per_epoch
@@ -31,6 +30,7 @@ from harclip.models import (
 from harclip.objectives import ContrastiveObjective, Objective
 from harclip.stage import StageError
 from harclip.training import build_objective
+from harclip.tuning import parameter_groups
 
 TINY = ("harclip-tiny-clip", "harclip-tiny-siglip")
 

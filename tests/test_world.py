@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from harclip.config import PretrainConfig, WorldConfig
 from harclip.har import CLASS_NAMES
 from harclip.models import create_backbone, create_tokenizer
+from harclip.pretrain import PretrainConfig, WorldConfig
 from harclip.synthetic import ACTIONS, ARMS, POSTURES, generate
 from harclip.world import (
     ACTION_WORDS,

@@ -39,7 +39,13 @@ def block_with_cls_row(block: nn.Module, x: torch.Tensor
     The block's own attention computes the same q and k but keeps no weights; the [CLS] row
     adds one query's scores, O(T) instead of a full map's O(T²).
     """
-    attn: nn.MultiheadAttention = block.attn
+    attn = block.attn
+    if not isinstance(attn, nn.MultiheadAttention):  # adapters (LoRA): its own full map
+        normed = block.ln_1(x)
+        attended, weights = attn(normed, normed, normed, need_weights=True,
+                                 average_attn_weights=True)
+        x = x + block.ls_1(attended)
+        return x + block.ls_2(block.mlp(block.ln_2(x))), weights[:, 0]
     batch, tokens, width = x.shape
     heads = attn.num_heads
     q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias) \
@@ -158,8 +164,8 @@ class AclipObjective(ContrastiveObjective):
     """
 
     def __init__(self, model: nn.Module, prompts: PromptEncoder, config: AclipConfig,
-                 contrastive_weight: float, seed: int = 0) -> None:
-        super().__init__(prompts, contrastive_weight)
+                 contrastive_weight: float, seed: int = 0, label_smoothing: float = 0.0) -> None:
+        super().__init__(prompts, contrastive_weight, label_smoothing)
         visual = self.student = model.clip.visual
         self.selector = install_token_selection(visual)
         self.config = config

@@ -35,7 +35,7 @@ LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
 
 # Scalars are Strict* types: "64" is not an int and 1 is not a bool. Sections stay lax so a
 # nested mapping validates into its dataclass.
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+STRICT = ConfigDict(extra="forbid", frozen=True)
 
 Fraction = Annotated[StrictFloat, Field(gt=0.0, lt=1.0)]
 
@@ -49,7 +49,7 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class SyntheticConfig:
     """The embedded, procedurally drawn HAR-shaped dataset (offline)."""
 
@@ -58,7 +58,7 @@ class SyntheticConfig:
     seed: StrictInt = 0
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class DownloadConfig:
     """Where data/raw comes from. `path` is a local source; without it the network is used."""
 
@@ -86,7 +86,7 @@ class DownloadConfig:
             raise ValueError("classes: at least two distinct, non-empty class names")
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class PreprocessConfig:
     """Decoding, resizing and the train/val split written to data/cache."""
 
@@ -125,7 +125,7 @@ class PreprocessConfig:
                              f"{self.test_fraction} leave nothing to train on")
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class AugmentConfig:
     """The per-sample augmentation done on the training device."""
 
@@ -134,7 +134,7 @@ class AugmentConfig:
     flip: StrictBool = True
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class TrainConfig:
     """One model's fine-tuning run (sections train_clip, train_sglip, train_aclip)."""
 
@@ -178,6 +178,19 @@ class TrainConfig:
     resume_every: Annotated[StrictInt, Field(ge=1)] = 1
     """Save the resume state every this many epochs (weights, optimiser, teacher: on a GPU,
     seconds per save); an interrupted run repeats the epochs since the last one."""
+    tune: Literal["full", "linear", "lora"] = "full"
+    """What trains: the whole image tower (full), the head alone (linear), or low-rank
+    adapters on the image tower's attention and MLP projections with the head (lora)."""
+    lora_rank: Annotated[StrictInt, Field(ge=1)] = 4
+    lora_alpha: Annotated[StrictFloat, Field(gt=0.0)] = 8.0
+    layer_decay: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 1.0
+    """Block i's lr is lr × layer_decay^(depth − i), the embeddings deepest, the head at lr;
+    1.0: off."""
+    ema_decay: Annotated[StrictFloat, Field(ge=0.0, lt=1.0)] = 0.0
+    """An EMA of the weights, scored beside them every epoch; 0: off."""
+    label_smoothing: Annotated[StrictFloat, Field(ge=0.0, lt=1.0)] = 0.0
+    grad_checkpointing: StrictBool = False
+    """Recompute activations in the backward pass: less memory, more time."""
 
     def __post_init__(self) -> None:
         if self.batch_size % self.nprocs:
@@ -198,7 +211,7 @@ class TrainConfig:
         _check_device(self.device)
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class AclipConfig:
     """A-CLIP's attentive token masking."""
 
@@ -217,7 +230,7 @@ class AclipConfig:
     refresh_epochs: Annotated[StrictInt, Field(ge=1)] = 1
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class AclipTrainConfig(TrainConfig):
     """train_aclip: a training run plus A-CLIP's masking; λ is contrastive_weight."""
 
@@ -225,7 +238,7 @@ class AclipTrainConfig(TrainConfig):
     aclip: AclipConfig = Field(default_factory=AclipConfig)
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class EvaluateConfig:
     """Scoring each best checkpoint on the validation split."""
 
@@ -233,51 +246,22 @@ class EvaluateConfig:
     device: StrictStr = "auto"
     zero_shot: StrictBool = True
     """Also score the untouched pretrained backbone with the class-prompt head (epoch 0)."""
+    wise_alphas: tuple[Annotated[StrictFloat, Field(ge=0.0, le=1.0)], ...] = ()
+    """WiSE-FT: score (1 − α)·zero-shot + α·fine-tuned weights at each α (a pretrained start
+    only); the α best on val goes to eval.json. Empty: off."""
 
     def __post_init__(self) -> None:
         _check_device(self.device)
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class PlotConfig:
     """The figures in plots/."""
 
     dpi: Annotated[StrictInt, Field(ge=50, le=600)] = 120
 
 
-@dataclass(config=_STRICT)
-class WorldConfig:
-    """The captioned synthetic world the tiny models are pretrained on (harclip.world)."""
-
-    images: Annotated[StrictInt, Field(ge=64)] = 40_000
-    held_out: Annotated[StrictInt, Field(ge=10)] = 1_000
-    """Further scenes, never trained on, for the image→caption retrieval figures."""
-    draw_size: Annotated[StrictInt, Field(ge=32, le=1024)] = 96
-    image_size: Annotated[StrictInt, Field(ge=16, le=1024)] = 64
-    """Drawn at draw_size, JPEG-encoded and decoded to image_size, as the demo's images are."""
-    phrasings: Annotated[StrictInt, Field(ge=1, le=16)] = 4
-    """Captions per image; each step reads one of them at random."""
-    seed: StrictInt = 0
-
-
-@dataclass(config=_STRICT)
-class PretrainConfig:
-    """configs/pretrain.yaml: the world and the contrastive schedule (both models)."""
-
-    world: WorldConfig = Field(default_factory=WorldConfig)
-    epochs: Annotated[StrictInt, Field(ge=1, le=10_000)] = 10
-    batch_size: Annotated[StrictInt, Field(ge=2)] = 256
-    lr: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 1e-3
-    weight_decay: Annotated[StrictFloat, Field(ge=0.0)] = 0.1
-    warmup_epochs: Annotated[StrictFloat, Field(ge=0.0)] = 1.0
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    seed: StrictInt = 0
-    zero_shot_images_per_class: Annotated[StrictInt, Field(ge=1)] = 50
-    """HAR stand-in images per class (drawn with zero_shot_seed) for the card's zero-shot."""
-    zero_shot_seed: StrictInt = 1_000
-
-
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class Params:
     """All of params.yaml. Sections a stage does not read are still validated."""
 
@@ -327,7 +311,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(err: ValidationError, path: Path) -> str:
+def describe_errors(err: ValidationError, path: Path) -> str:
     lines = []
     for item in err.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -347,7 +331,7 @@ def parse_params(data: dict[str, Any], path: Path = DEFAULT_PARAMS) -> Params:
     try:
         return TypeAdapter(Params).validate_python(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, path)) from None
+        raise ConfigError(describe_errors(err, path)) from None
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
@@ -366,14 +350,6 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
 def section_names() -> list[str]:
     """The top-level sections params.yaml holds, in pipeline order."""
     return [f.name for f in fields(Params)]
-
-
-def load_pretrain_config(path: Path | str) -> PretrainConfig:
-    """configs/pretrain.yaml, validated (an unknown key or a bad value names itself)."""
-    try:
-        return TypeAdapter(PretrainConfig).validate_python(read_yaml(Path(path)))
-    except ValidationError as err:
-        raise ConfigError(_describe(err, Path(path))) from None
 
 
 def main() -> None:

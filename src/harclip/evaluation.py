@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score, top_k_accuracy_score
 
 from harclip import stage
@@ -71,18 +72,44 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray,
     return metrics, per_class
 
 
-def zero_shot_accuracy(config: TrainConfig, class_names: list[str],
-                       splits: dict[str, CachedSplit], batch_size: int) -> dict[str, float]:
-    """Accuracy per split of the untouched pretrained backbone with the class-prompt head: the
-    model training starts from, built the way training builds it, on its tag's own view."""
-    device = next(iter(splits.values())).device
-    model, _ = build_model(replace(config, head_init="text"), class_names)
-    model.to(device)
-    view = preprocessing_of(model.clip)
+def zero_shot_model(config: TrainConfig, class_names: list[str]) -> HarClassifier:
+    """The untouched pretrained backbone with the class-prompt head: the model training starts
+    from, built the way training builds it (without adapters)."""
+    model, _ = build_model(replace(config, head_init="text", tune="full"), class_names)
+    return model.eval()
+
+
+def accuracies(model: HarClassifier, splits: dict[str, CachedSplit], batch_size: int,
+               view: dict) -> dict[str, float]:
     return {name: float(accuracy_score(split.labels.cpu().numpy(),
                                        predict_logits(model, split, batch_size, view)
                                        .argmax(axis=1)))
             for name, split in splits.items()}
+
+
+def zero_shot_accuracy(config: TrainConfig, class_names: list[str],
+                       splits: dict[str, CachedSplit], batch_size: int) -> dict[str, float]:
+    """Accuracy per split of the zero-shot model (`zero_shot_model`), on its tag's own view."""
+    model = zero_shot_model(config, class_names).to(next(iter(splits.values())).device)
+    return accuracies(model, splits, batch_size, preprocessing_of(model.clip))
+
+
+def wise_ft(fine_tuned: HarClassifier, config: TrainConfig, class_names: list[str],
+            splits: dict[str, CachedSplit], alphas: tuple[float, ...], batch_size: int,
+            view: dict) -> dict[str, dict[str, float]]:
+    """WiSE-FT (Wortsman et al., 2022): accuracy per split of the weights
+    θ(α) = (1 − α)·θ_zero-shot + α·θ_fine-tuned at each α, on the checkpoint's view."""
+    device = next(iter(splits.values())).device
+    mixed = zero_shot_model(config, class_names).to(device)
+    start = {k: v.clone() for k, v in mixed.state_dict().items()}
+    tuned = fine_tuned.state_dict()
+    curve = {}
+    for alpha in alphas:
+        mixed.load_state_dict({key: torch.lerp(value, tuned[key].to(value), alpha)
+                               if value.is_floating_point() else tuned[key]
+                               for key, value in start.items()})
+        curve[f"{alpha:g}"] = accuracies(mixed, splits, batch_size, view)
+    return curve
 
 
 def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
@@ -121,6 +148,16 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
         report["zero_shot_accuracy"] = zero_shot_accuracy(train_config, class_names, splits,
                                                           config.batch_size)
     metrics = headline(scores)
+    if config.wise_alphas and not train_config.pretrained:
+        stage.log.info("evaluate %s: no WiSE-FT: it mixes the fine-tuned weights with the "
+                       "pretrained start's, and this run started from scratch", name)
+    elif config.wise_alphas:
+        report["wise_ft"] = wise_ft(model, train_config, class_names, splits,
+                                    config.wise_alphas, config.batch_size, meta)
+        held_out = "test" if "test" in splits else "val"
+        alpha = max(report["wise_ft"], key=lambda a: report["wise_ft"][a]["val"])
+        metrics |= {"wise_alpha": float(alpha),
+                    f"wise_{held_out}_acc": report["wise_ft"][alpha][held_out]}
     out = metrics_dir / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({name: metrics}, indent=2) + "\n")

@@ -23,6 +23,9 @@ def plot_curves(name: str, epochs: list[dict], path: Path, dpi: int) -> None:
                  color=COLOURS[name])
         loss.plot(x, [row[f"{split}_loss"] for row in epochs], style, marker="o", label=split,
                   color=COLOURS[name])
+    if any(row.get("ema_val_acc") is not None for row in epochs):
+        acc.plot(x, [row.get("ema_val_acc") for row in epochs], ":", marker="s",
+                 color=COLOURS[name], label="val, weights' EMA")
     if any(row["train_image_text_loss"] for row in epochs):
         loss.plot(x, [row["train_image_text_loss"] for row in epochs], ":", marker=".",
                   color="grey", label="train image–text term")
@@ -94,4 +97,29 @@ def plot_speed_memory(train: dict[str, dict], hardware: str, path: Path, dpi: in
         axis.set(title=title, ylabel=unit)
         axis.grid(axis="y", alpha=0.3)
     fig.suptitle(f"on {hardware}", fontsize=8)
+    fig.savefig(path, dpi=dpi)
+
+
+def plot_wise_ft(reports: dict[str, dict], path: Path, dpi: int) -> None:
+    """WiSE-FT: accuracy against the mixing weight α (0: the zero-shot model, 1: the
+    fine-tuned one) per model, the held-out split solid and val dashed, α chosen on val
+    marked."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    axis = fig.subplots()
+    for name, report in reports.items():
+        curve = report.get("wise_ft")
+        if not curve:
+            continue
+        alphas = [float(a) for a in curve]
+        held_out = "test" if "test" in next(iter(curve.values())) else "val"
+        for split, style in [(held_out, "-")] + ([("val", "--")] if held_out != "val" else []):
+            axis.plot(alphas, [curve[a][split] for a in curve], style, marker="o",
+                      color=COLOURS[name], label=f"{LABELS[name]} ({split})")
+        chosen = max(curve, key=lambda a: curve[a]["val"])
+        axis.plot([float(chosen)], [curve[chosen][held_out]], "*", markersize=14,
+                  color=COLOURS[name])
+    axis.set(title="WiSE-FT: zero-shot (α = 0) to fine-tuned (α = 1) weights; ★ α chosen "
+                   "on val", xlabel="α", ylabel="accuracy")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
     fig.savefig(path, dpi=dpi)

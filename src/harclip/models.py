@@ -22,6 +22,7 @@ from torch import nn
 from harclip.config import TrainConfig
 from harclip.har import CLASS_NAMES
 from harclip.stage import StageError
+from harclip.tuning import apply_tuning, plain_state_dict
 
 
 def _import_open_clip():
@@ -214,6 +215,14 @@ class HarClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.image_features(images))
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The image tower's layers in order, for timm's layer-wise lr decay: the patch and
+        position embeddings, then each block (open_clip's ViT or a timm trunk); everything
+        else (the final norm and projection, the head, the text tower) last, at the full lr."""
+        return {"stem": r"^clip\.visual\.(?:conv1|class_embedding|positional_embedding|ln_pre|"
+                        r"trunk\.(?:patch_embed|cls_token|reg_token|pos_embed|norm_pre))",
+                "blocks": r"^clip\.visual\.(?:transformer\.resblocks|trunk\.blocks)\.(\d+)"}
+
 
 def class_text_loss(features: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor,
                     clip: nn.Module) -> torch.Tensor:
@@ -299,12 +308,7 @@ def build_model(config: TrainConfig, class_names: Sequence[str] = CLASS_NAMES, t
     with torch.no_grad():
         init_head(model, config.head_init,
                   prompts(model.clip) if config.head_init == "text" else None)
-    if not config.contrastive_weight:
-        # The text tower served at most to initialise the head: freeze it (no optimiser state).
-        trainable = {id(p) for p in model.clip.visual.parameters()} | \
-            {id(p) for p in model.head.parameters()}
-        for param in model.parameters():
-            param.requires_grad_(id(param) in trainable)
+    apply_tuning(model, config)  # what trains: the text tower only with an image–text term
     return model, prompts
 
 
@@ -316,7 +320,7 @@ def save_checkpoint(path: Path, model: HarClassifier, name: str, class_names: Se
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": name,
         "model_config": open_clip.get_model_config(name), **preprocessing_of(model.clip),
         "class_names": list(class_names), **extra,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in plain_state_dict(model).items()},
     }
     save_atomically(payload, path)
 

@@ -14,18 +14,32 @@ from harclip.models import class_text_loss
 
 
 class Objective:
-    """A method's loss: by default cross-entropy on the class head."""
+    """A method's loss: by default cross-entropy on the class head (with `label_smoothing`;
+    the logs keep the plain cross-entropy, so runs with and without compare)."""
 
     wants_whole_view = False
     """Whether each Batch must carry the whole, uncropped view of its images."""
+    label_smoothing = 0.0
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def class_loss(self, logits: torch.Tensor, labels: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the cross-entropy to minimise, the plain cross-entropy to log)."""
+        plain = F.cross_entropy(logits, labels)
+        if not self.label_smoothing:
+            return plain, plain.detach()
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing), \
+            plain.detach()
 
     def loss(self, model: nn.Module, batch: Batch
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss to minimise, class logits, detached [cross-entropy, image–text term]) for
         one micro-batch."""
         logits = model(batch.images)
-        loss = F.cross_entropy(logits, batch.labels)
-        return loss, logits, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
+        loss, logged = self.class_loss(logits, batch.labels)
+        return loss, logits, torch.stack([logged, torch.zeros_like(logged)])
 
     def before_epoch(self, epoch: int, split: CachedSplit, augment: DeviceAugment,
                      world: World = ALONE) -> bool:
@@ -57,7 +71,8 @@ class ContrastiveObjective(Objective):
     features are computed (A-CLIP: from the kept tokens only).
     """
 
-    def __init__(self, prompts: nn.Module, weight: float) -> None:
+    def __init__(self, prompts: nn.Module, weight: float, label_smoothing: float = 0.0) -> None:
+        super().__init__(label_smoothing)
         self.prompts, self.weight = prompts, weight
 
     def image_features(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -66,11 +81,11 @@ class ContrastiveObjective(Objective):
     def loss(self, model, batch):
         features = self.image_features(model, batch)
         logits = model.head(features)
-        cross_entropy = F.cross_entropy(logits, batch.labels)
+        cross_entropy, logged = self.class_loss(logits, batch.labels)
         if self.weight:
             image_text = class_text_loss(features, self.prompts(model.clip), batch.labels,
                                          model.clip)
         else:  # A-CLIP with λ = 0: masking alone, no text tower to run (nor, maybe, built)
             image_text = cross_entropy.new_zeros(())
         return (cross_entropy + self.weight * image_text, logits,
-                torch.stack([cross_entropy.detach(), image_text.detach()]))
+                torch.stack([logged, image_text.detach()]))

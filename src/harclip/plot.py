@@ -127,6 +127,8 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
     figures.plot_val_accuracy(epochs, len(reports[METHODS[0]]["classes"]),
                               out_dir / "compare_val_accuracy.png", config.dpi)
     figures.plot_speed_memory(train, hardware, out_dir / "compare_speed_memory.png", config.dpi)
+    if any("wise_ft" in report for report in reports.values()):
+        figures.plot_wise_ft(reports, out_dir / "wise_ft.png", config.dpi)
     (out_dir / "epochs.md").write_text("\n".join(epochs_table(n, epochs[n]) for n in METHODS))
     (out_dir / "confusions.md").write_text("\n".join(confusions))
     (out_dir / "summary.md").write_text(summary_table(train, reports)

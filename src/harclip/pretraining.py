@@ -26,9 +26,9 @@ from torch import nn
 
 from harclip import stage
 from harclip.augment import DeviceAugment
-from harclip.config import PretrainConfig, TrainConfig
+from harclip.config import TrainConfig
 from harclip.decode import decode
-from harclip.engine import make_scheduler, parameter_groups
+from harclip.engine import make_scheduler
 from harclip.feed import CachedSplit, effective_batches
 from harclip.har import CLASS_NAMES
 from harclip.hardware import describe
@@ -39,7 +39,9 @@ from harclip.models import (
     image_normalisation,
     is_siglip,
 )
+from harclip.pretrain import PretrainConfig
 from harclip.synthetic import generate
+from harclip.tuning import parameter_groups
 from harclip.world import generate_world
 
 MODELS = {"clip": "harclip-tiny-clip", "siglip": "harclip-tiny-siglip"}

@@ -31,10 +31,12 @@ SERIES = {
     "memory/peak_mb": "peak_memory_mb",
     "lr": "lr",
 }
+OPTIONAL_SERIES = {"val/ema_loss": "ema_val_loss", "val/ema_acc": "ema_val_acc"}
+"""Series only some runs log (the weights' EMA, with `ema_decay`)."""
 """DVCLive's name of each per-epoch series → the EpochRecord field it logs. Both losses named
 `loss` are the class head's cross-entropy; the image–text term has its own series."""
 
-HEADLINE = ("best_epoch", "epoch_s", "img_s", "peak_mb")
+HEADLINE = ("best_epoch", "epoch_s", "img_s", "peak_mb", "trainable")
 """The summary keys, under the model's name so the three models' columns in `dvc exp show`
 are told apart without their file paths."""
 
@@ -60,8 +62,9 @@ class RunLog:
         restored, so each is logged once and DVCLive's steps have no gap) and set the run's
         summary so far (HEADLINE's keys)."""
         self.live.step = record.epoch
-        for name, field in SERIES.items():
-            self.live.log_metric(name, round(getattr(record, field), 6))
+        for name, field in (SERIES | OPTIONAL_SERIES).items():
+            if getattr(record, field) is not None:
+                self.live.log_metric(name, round(getattr(record, field), 6))
         self.live.summary = {self.name: summary}
         self.live.make_summary()
         refresh = f" (refresh {record.refresh_time_s:.1f} s)" if record.refresh_time_s else ""
@@ -93,11 +96,13 @@ def series_file(log_dir: Path, name: str) -> Path:
 
 
 def read_epochs(log_dir: Path) -> list[dict]:
-    """The run's epochs as EpochRecord-like dicts (`epoch` and every SERIES field), merged
-    from DVCLive's per-series files by step."""
+    """The run's epochs as EpochRecord-like dicts (`epoch`, every SERIES field and the
+    OPTIONAL_SERIES fields the run logged), merged from DVCLive's per-series files by step."""
     epochs: dict[int, dict] = {}
-    for name, field in SERIES.items():
+    for name, field in (SERIES | OPTIONAL_SERIES).items():
         path = series_file(log_dir, name)
+        if not path.is_file() and name in OPTIONAL_SERIES:
+            continue
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; the training stage writes it")
         value_column = name.rsplit("/", 1)[-1]

@@ -63,12 +63,13 @@ def seed_everything(seed: int) -> None:
 
 def build_objective(config: TrainConfig, model: HarClassifier,
                     prompts: PromptEncoder | None) -> Objective:
+    smoothing = config.label_smoothing
     if isinstance(config, AclipTrainConfig):
         return AclipObjective(model, prompts, config.aclip, config.contrastive_weight,
-                              config.seed)
+                              config.seed, smoothing)
     if config.contrastive_weight:
-        return ContrastiveObjective(prompts, config.contrastive_weight)
-    return Objective()
+        return ContrastiveObjective(prompts, config.contrastive_weight, smoothing)
+    return Objective(smoothing)
 
 
 def run_fingerprint(config: TrainConfig, cache_dir: Path, device: torch.device) -> str:
@@ -139,15 +140,16 @@ def timing_summary(history: list[EpochRecord]) -> dict:
     }
 
 
-def headline(history: list[EpochRecord], best: dict) -> dict:
+def headline(history: list[EpochRecord], best: dict, trainable: int) -> dict:
     """The summary `dvc exp show` lists per model (records.HEADLINE): the best epoch so far,
-    and the steady-state time per epoch, throughput and peak memory. Its val accuracy is
-    evaluate's (eval.json), on the same checkpoint."""
+    the steady-state time per epoch, throughput and peak memory, and how many parameters
+    train. Its val accuracy is evaluate's (eval.json), on the same checkpoint."""
     timing = timing_summary(history)
     return {"best_epoch": best["epoch"],
             "epoch_s": round(timing["mean_epoch_time_s"], 3),
             "img_s": round(timing["mean_images_per_s"], 1),
-            "peak_mb": round(timing["peak_memory_mb"], 1)}
+            "peak_mb": round(timing["peak_memory_mb"], 1),
+            "trainable": trainable}
 
 
 def run(name: str, config: TrainConfig, cache_dir: Path = CACHE_DIR,
@@ -197,14 +199,14 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     if prompts is not None:
         prompts.to(device)
     objective = build_objective(config, model, prompts)
-    if config.compile:
-        model.clip.visual.compile()
-        objective.compile()
     augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip),
                             scale=(config.augment.scale_min, 1.0), flip=config.augment.flip)
     train_split = CachedSplit(train_images, train_labels, device)
     val_split = CachedSplit(val_images, val_labels, device)
     trainer = Trainer(model, objective, train_split, val_split, augment, config, world)
+    if config.compile:  # after the Trainer's copies (the weights' EMA) are made
+        model.clip.visual.compile()
+        objective.compile()
     fingerprint = run_fingerprint(config, cache_dir, device)
     state_path, best_path = work_dir / "state.pt", work_dir / "best.pt"
     best_at_state = work_dir / "best-at-state.pt"  # best.pt as it was when the state was saved
@@ -221,6 +223,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
         shutil.rmtree(work_dir)
     best = best_of(trainer.history) if resumed is not None else {"val_acc": -1.0}
     run_log = RunLog(name, logs_dir / name, asdict(config)) if world.is_main else None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stage.log.info("%s: %s (pretrained: %s) on %s%s, %d train / %d val images, %d epochs",
                    name, config.model, config.pretrained, device,
                    f" × {world.size} process{'es' if world.size > 1 else ''} (data-parallel)"
@@ -231,7 +234,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
                        state_path)
         for done in range(1, len(trainer.history) + 1):
             history = trainer.history[:done]
-            run_log.epoch(history[-1], headline(history, best_of(history)))
+            run_log.epoch(history[-1], headline(history, best_of(history), trainable))
 
     save_times = []  # this process's end-of-epoch saves, outside the epoch time
 
@@ -242,16 +245,20 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
         if not world.is_main:
             return
         started = time.perf_counter()
-        if record.val_acc > best["val_acc"]:
-            best.update(val_acc=record.val_acc, epoch=record.epoch)
-            save_checkpoint(best_path, model, config.model, class_names, {
-                "params": asdict(config), "epoch": record.epoch, "val_acc": record.val_acc})
+        epoch_best = best_of([record])
+        if epoch_best["val_acc"] > best["val_acc"]:
+            best.update(epoch_best)
+            save_checkpoint(best_path, trainer.ema.module if best["weights"] == "ema" else model,
+                            config.model, class_names, {"params": asdict(config),
+                                                        "epoch": record.epoch,
+                                                        "val_acc": best["val_acc"],
+                                                        "weights": best["weights"]})
         if record.epoch % config.resume_every == 0 and record.epoch < config.epochs:
             save_resume_state(state_path, fingerprint, trainer)
             snapshot(best_path, best_at_state)
         record.save_time_s = time.perf_counter() - started
         save_times.append(record.save_time_s)
-        run_log.epoch(record, headline(trainer.history, best))
+        run_log.epoch(record, headline(trainer.history, best, trainable))
 
     try:
         history = trainer.fit(on_epoch, describe=name)
@@ -272,13 +279,14 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     summary = {
         "model": config.model, "pretrained": config.pretrained,
         "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+        "best_weights": best["weights"],
         "final_val_acc": history[-1].val_acc, "final_train_acc": history[-1].train_acc,
         **timing_summary(history),
         "mean_save_time_s": float(np.mean(save_times)) if save_times else 0.0,
         "cache_mb": (train_split.nbytes + val_split.nbytes) / 2**20,
         "cache_on_device": trainer.cache_bytes > 0 and device.type == "cuda",
         "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_parameters": trainable,
         "device": str(device),
         "processes": world.size,
         "hardware": describe(),
@@ -292,6 +300,10 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
 
 def best_of(history: list[EpochRecord]) -> dict:
     """The best epoch among `history` as training chose it: the first with the highest val
-    acc (a resumed run replays its restored epochs with it)."""
-    top = max(history, key=lambda record: record.val_acc)
-    return {"val_acc": top.val_acc, "epoch": top.epoch}
+    acc of its weights or, where there is one, their EMA (the weights on a tie); a resumed
+    run replays its restored epochs with it."""
+    scored = [(score, record.epoch, weights) for record in history
+              for weights, score in (("raw", record.val_acc), ("ema", record.ema_val_acc))
+              if score is not None]
+    val_acc, epoch, weights = max(scored, key=lambda item: item[0])
+    return {"val_acc": val_acc, "epoch": epoch, "weights": weights}
