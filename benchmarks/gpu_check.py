@@ -50,13 +50,14 @@ from PIL import Image
 from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.cache import CacheItem, load_split, write_cache
+from harclip.checkpoints import load_checkpoint
 from harclip.config import METHODS, EvaluateConfig, parse_params
 from harclip.engine import Trainer
 from harclip.evaluation import evaluate
 from harclip.feed import CachedSplit, effective_batches
 from harclip.har import CLASS_NAMES
 from harclip.hardware import describe, resolve_device
-from harclip.models import build_model, image_normalisation, load_checkpoint, model_image_size
+from harclip.models import build_model, image_normalisation, model_image_size
 from harclip.predict import image_files
 from harclip.prediction import predict
 from harclip.records import read_epochs, read_run

@@ -17,9 +17,10 @@ from PIL import Image
 
 from harclip import download as dl
 from harclip.cache import cache_classes
+from harclip.checkpoints import load_checkpoint
 from harclip.config import DownloadConfig, PreprocessConfig, TrainConfig
 from harclip.har import CLASS_NAMES, read_labels_csv, write_labels_csv
-from harclip.models import PromptEncoder, build_model, load_checkpoint
+from harclip.models import PromptEncoder, build_model
 from harclip.preprocess import preprocess
 from harclip.stage import StageError
 from tests.conftest import HAR_SAMPLE, jpeg_bytes
@@ -177,7 +178,21 @@ def test_prompts_read_class_names_as_words_or_the_given_phrase():
                   {"using_laptop": "using a laptop"})
     assert seen == ["a photo of a person using a laptop.", "a photo of a person ice skating."]
     with pytest.raises(StageError, match="prompt_names: 'juggling' not among the 5 classes"):
-        build_model(TrainConfig(prompt_names={"juggling": "juggling balls"}), FRUIT)
+        build_model(TrainConfig(prompt_names={"apple": "an apple", "juggling": "juggling"}),
+                    FRUIT)  # some phrases name classes: the rest are typos
+
+
+def test_phrases_for_another_data_sets_classes_are_set_aside(caplog):
+    """The demo's params describe HAR's 15 actions: a data set of its own classes trains on
+    them unchanged, its prompts reading the class names."""
+    seen = []
+    tokenizer = lambda texts: seen.extend(texts) or torch.ones(len(texts), 24, dtype=int)  # noqa: E731
+    with caplog.at_level("INFO", logger="harclip"):
+        build_model(TrainConfig(head_init="text", prompt_templates=("{}",),
+                                prompt_names={"calling": "a person holding a phone"}), FRUIT,
+                    tokenizer)
+    assert seen[:len(FRUIT)] == [name.replace("_", " ") for name in FRUIT]
+    assert any("describe none of the 5 classes" in r.getMessage() for r in caplog.records)
 
 
 def _any_data_params(source_path, classes):

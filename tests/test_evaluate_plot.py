@@ -12,10 +12,11 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 
 from harclip.cache import CacheItem, write_cache
+from harclip.checkpoints import save_checkpoint
 from harclip.config import METHODS, EvaluateConfig, PlotConfig, TrainConfig
 from harclip.evaluation import classification_metrics, evaluate
 from harclip.har import CLASS_NAMES
-from harclip.models import build_model, create_backbone, save_checkpoint
+from harclip.models import build_model, create_backbone
 from harclip.plot import plot
 from harclip.records import SERIES
 from harclip.stage import StageError

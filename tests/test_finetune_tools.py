@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from harclip import training
+from harclip.checkpoints import load_checkpoint, save_checkpoint
 from harclip.config import AclipTrainConfig, EvaluateConfig, TrainConfig
 from harclip.engine import make_scheduler
 from harclip.evaluation import evaluate
 from harclip.feed import Batch
-from harclip.models import build_model, create_backbone, load_checkpoint, save_checkpoint
+from harclip.models import build_model, create_backbone
 from harclip.records import read_epochs
 from harclip.tuning import parameter_groups
 from tests.test_recipe_paths import _trainer

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from harclip.checkpoints import load_checkpoint
 from harclip.har import CLASS_NAMES
-from harclip.models import load_checkpoint
 from harclip.records import HEADLINE, SERIES, read_run
 from tests.dvc_project import BIN, DvcProject
 from tests.test_pipeline_train import tiny_training_params
@@ -45,6 +45,7 @@ HEADLINE_COLUMNS = {f"{method}.{key}" for method in ("clip", "sglip", "aclip")
 def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     params = tiny_training_params()
     params["train_aclip"]["aclip"]["saliency"] = "random"  # FLIP, through dvc repro
+    params["train_sglip"].update(pretrained=None, head_init="random", lr=1e-3)  # from scratch
     project = DvcProject(tmp_path, params)
     ran = project.repro()
     assert ran[:2] == ["download", "preprocess"] and ran[-1] == "plot"
@@ -54,6 +55,9 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     _check_training_outputs(tmp_path)
     _, meta = load_checkpoint(tmp_path / "models" / "aclip.pt")
     assert meta["params"]["aclip"]["saliency"] == "random"  # the key reached the stage
+    scratch = json.loads((tmp_path / "metrics" / "sglip" / "report.json").read_text())
+    assert "wise_ft" not in scratch and "wise_ft" in json.loads(
+        (tmp_path / "metrics" / "clip" / "report.json").read_text())  # WiSE-FT needs a start
     for path in (tmp_path / "plots").glob("*.png"):
         with Image.open(path) as image:
             image.verify()
@@ -110,6 +114,7 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     project.dvc("artifacts", "get", ".", "sglip", "-o", str(tmp_path / "registry.pt"))
     _, meta = load_checkpoint(tmp_path / "registry.pt")
     assert meta["model"] == "harclip-tiny-siglip" and meta["params"]["lr"] == 1e-3  # committed
+    assert meta["params"]["pretrained"] is None and meta["params"]["head_init"] == "random"
 
     # A mistyped section on an unchanged pipeline: only check_params reads it, and fails.
     params = project.params

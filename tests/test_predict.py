@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from harclip.checkpoints import load_checkpoint, save_checkpoint
 from harclip.config import TrainConfig
 from harclip.har import CLASS_NAMES
-from harclip.models import build_model, load_checkpoint, save_checkpoint
+from harclip.models import build_model
 from harclip.predict import image_files, render
 from harclip.prediction import predict
 

@@ -21,6 +21,7 @@ from harclip import evaluation, hardware, stage, training
 from harclip.aclip import AclipObjective, select_tokens
 from harclip.augment import DeviceAugment
 from harclip.cache import load_split
+from harclip.checkpoints import load_checkpoint, save_checkpoint
 from harclip.config import AclipConfig, AclipTrainConfig, EvaluateConfig, TrainConfig
 from harclip.engine import Trainer, predict
 from harclip.feed import Batch, CachedSplit, effective_batches, resident_cache_bytes
@@ -30,9 +31,7 @@ from harclip.models import (
     class_text_loss,
     create_backbone,
     image_normalisation,
-    load_checkpoint,
     preprocessing_of,
-    save_checkpoint,
     tag_normalisation,
 )
 from harclip.objectives import ContrastiveObjective

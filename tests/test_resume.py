@@ -96,7 +96,7 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cac
     stage = Stage(tmp_path / "stopped", small_cache, _params())
 
     stderr = stage.stop_after(1, signal.SIGINT)
-    assert "interrupted; rerun to resume after the last complete epoch" in stderr
+    assert "interrupted; rerun to resume after the last saved epoch" in stderr
     stopped_at = saved_epochs(stage.state)
     assert 1 <= stopped_at < EPOCHS
     assert len(epoch_rows(stage.root / "logs/aclip")) in (stopped_at, stopped_at + 1)

@@ -29,6 +29,7 @@ from harclip import download as dl
 from harclip import preprocess as pp
 from harclip import stage
 from harclip.cache import CacheItem, load_split, write_cache
+from harclip.checkpoints import load_checkpoint, save_checkpoint
 from harclip.config import (
     ConfigError,
     DownloadConfig,
@@ -37,7 +38,7 @@ from harclip.config import (
     load_params,
 )
 from harclip.har import CLASS_NAMES, read_labels_csv, write_labels_csv
-from harclip.models import build_model, load_checkpoint, save_checkpoint
+from harclip.models import build_model
 from harclip.prediction import predict
 from harclip.stage import StageError
 from tests.conftest import REPO_ROOT, jpeg_bytes

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from harclip.augment import DeviceAugment
+from harclip.checkpoints import load_checkpoint, save_checkpoint
 from harclip.config import AugmentConfig, TrainConfig
 from harclip.engine import (
     TrainingDiverged,
@@ -24,8 +25,6 @@ from harclip.models import (
     create_backbone,
     create_tokenizer,
     init_head,
-    load_checkpoint,
-    save_checkpoint,
 )
 from harclip.objectives import ContrastiveObjective, Objective
 from harclip.stage import StageError

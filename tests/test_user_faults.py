@@ -18,11 +18,12 @@ import yaml
 
 from harclip import stage
 from harclip.cache import CacheItem, load_split, write_cache
+from harclip.checkpoints import load_checkpoint, save_checkpoint
 from harclip.config import DownloadConfig, EvaluateConfig, PreprocessConfig, TrainConfig
 from harclip.download import download
 from harclip.evaluation import classification_metrics, evaluate
 from harclip.har import CLASS_NAMES, read_labels_csv, write_labels_csv
-from harclip.models import build_model, load_checkpoint, save_checkpoint
+from harclip.models import build_model
 from harclip.preprocess import preprocess
 from harclip.stage import StageError
 from tests.conftest import REPO_ROOT, jpeg_bytes

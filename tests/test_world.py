@@ -9,9 +9,11 @@ from collections import Counter
 from dataclasses import replace
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 
+from harclip.config import load_params
 from harclip.har import CLASS_NAMES
 from harclip.models import create_backbone, create_tokenizer
 from harclip.pretrain import PretrainConfig, WorldConfig
@@ -25,6 +27,7 @@ from harclip.world import (
     sample_scene,
     world_rng,
 )
+from tests.conftest import REPO_ROOT
 
 TOKENIZER = create_tokenizer("harclip-tiny-clip")
 
@@ -94,7 +97,7 @@ def test_pretraining_a_slice_lowers_the_loss_and_retrieves_above_chance(which, t
 
     config = PretrainConfig(world=WorldConfig(images=128, held_out=64, draw_size=48,
                                               image_size=32, phrasings=2),
-                            epochs=12, batch_size=32, lr=5e-4, warmup_epochs=1.0)
+                            epochs=30, batch_size=32, lr=1e-3, warmup_epochs=1.0)
     name = pretraining.MODELS[which]
     tokenizer = create_tokenizer(name)
     images, tokens = pretraining.build_world(config, 128, 0, tokenizer)
@@ -106,13 +109,49 @@ def test_pretraining_a_slice_lowers_the_loss_and_retrieves_above_chance(which, t
     seen = pretraining.retrieval(model, images[:64], tokens[:64], torch.device("cpu"))
     assert seen["recall_at_5"] > 3 * seen["chance_at_1"] * 5  # captions of images trained on
 
-    path = tmp_path / f"{name}.pt"  # saved as open_clip loads downloaded weights
+    # Saved as open_clip loads downloaded weights, at the architecture's own size (open_clip
+    # builds a timm tower at its native size before loading, whatever size is forced after).
+    model = create_backbone(name, None)
+    path = tmp_path / f"{name}.pt"
     pretraining.save(model, path, {"model": name})
-    loaded = create_backbone(name, str(path), image_size=32)
-    state = loaded.state_dict()
+    state = open_clip.create_model(name, pretrained=str(path)).state_dict()
     for key, value in model.state_dict().items():
         assert torch.allclose(state[key], value.half().float()), key
     assert path.with_suffix(".json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["clip", "siglip"])
+def test_the_shipped_checkpoints_load_as_downloaded_weights_and_know_the_actions(which):
+    """open_clip's own path for a downloaded file, then the demo's start (its prompts, the
+    text head) on a fixed sample of 15 × 12 HAR stand-in images drawn apart from the demo's."""
+    from harclip import pretraining
+
+    name = pretraining.MODELS[which]
+    path = REPO_ROOT / "models" / "pretrained" / f"{name}.pt"
+    assert path.stat().st_size < 10_000_000
+    loaded = open_clip.create_model(name, pretrained=str(path))
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(loaded.state_dict()[key], value.float())
+               for key, value in stored.items())
+    method = {"clip": "clip", "siglip": "sglip"}[which]
+    train = load_params(REPO_ROOT / "params.yaml").train(method)
+    assert train.pretrained == f"models/pretrained/{name}.pt"
+    config = PretrainConfig(zero_shot_images_per_class=12, zero_shot_seed=2024)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO_ROOT)
+        seen = pretraining.zero_shot(train, config, torch.device("cpu"))
+    assert seen["images"] == 180 and seen["accuracy"] > 0.4  # chance: 1/15
+
+
+def test_a_shipped_fp16_checkpoint_loads_at_another_image_size():
+    """open_clip resamples the position embeddings to a forced size, which has no fp16 kernel
+    on the CPU: the start is read in float32 first."""
+    path = REPO_ROOT / "models" / "pretrained" / "harclip-tiny-clip.pt"
+    model = create_backbone("harclip-tiny-clip", str(path), image_size=96)
+    assert model.visual.positional_embedding.shape[0] == (96 // 8) ** 2 + 1
+    native = create_backbone("harclip-tiny-clip", str(path))
+    assert torch.equal(model.visual.conv1.weight, native.visual.conv1.weight)
 
 
 def test_the_world_config_draws_as_the_demo_does():

@@ -28,11 +28,12 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score, top_k_accura
 from harclip import stage
 from harclip.augment import DeviceAugment
 from harclip.cache import CACHE_DIR, load_split
+from harclip.checkpoints import load_checkpoint
 from harclip.config import EvaluateConfig, TrainConfig
 from harclip.engine import predict
 from harclip.feed import CachedSplit
 from harclip.hardware import autocast_dtype, resolve_device
-from harclip.models import HarClassifier, build_model, load_checkpoint, preprocessing_of
+from harclip.models import HarClassifier, build_model, preprocessing_of
 
 TOP_K = 5
 

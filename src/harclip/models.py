@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from torch import nn
 
 from harclip.config import TrainConfig
 from harclip.har import CLASS_NAMES
-from harclip.stage import StageError
-from harclip.tuning import apply_tuning, plain_state_dict
+from harclip.stage import StageError, log
+from harclip.tuning import apply_tuning
 
 
 def _import_open_clip():
@@ -110,9 +111,12 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
     if open_clip.get_model_config(name)["text_cfg"].get("hf_model_name"):
         importlib.reload(open_clip.hf_model)  # a Hugging Face text tower needs transformers
     try:
-        return open_clip.create_model(name, pretrained=pretrained or None,
-                                      force_image_size=image_size,
-                                      force_preprocess_cfg=normalisation or None)
+        with tempfile.TemporaryDirectory() as scratch:
+            if image_size and pretrained and Path(pretrained).is_file():
+                pretrained = _in_float32(pretrained, Path(scratch))
+            return open_clip.create_model(name, pretrained=pretrained or None,
+                                          force_image_size=image_size,
+                                          force_preprocess_cfg=normalisation or None)
     except Exception as err:  # the hub client raises many network error types
         if not pretrained or Path(pretrained).is_file():
             raise
@@ -121,6 +125,19 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
             f"({type(err).__name__}: {err}). Without network access, download the weights "
             f"elsewhere and set pretrained to the local file path, or set pretrained: null "
             f"to train from random initialisation") from err
+
+
+def _in_float32(path: str, scratch: Path) -> str:
+    """`path` itself, or a float32 copy of its weights in `scratch` when it stores fp16 (the
+    shipped checkpoints do): open_clip resizes the position embeddings to a forced image size
+    with a bicubic resampling that has no fp16 kernel on the CPU."""
+    state = open_clip.factory.load_state_dict(path)
+    if not any(value.dtype == torch.float16 for value in state.values()):
+        return path
+    copy = scratch / Path(path).name
+    torch.save({key: value.float() if value.dtype == torch.float16 else value
+                for key, value in state.items()}, copy)
+    return str(copy)
 
 
 def create_tokenizer(name: str):
@@ -277,12 +294,6 @@ def preprocessing_of(clip: nn.Module) -> dict:
     return {"image_size": model_image_size(clip), "mean": list(mean), "std": list(std)}
 
 
-CHECKPOINT_FORMAT = "harclip-classifier"
-CHECKPOINT_VERSION = 1
-CHECKPOINT_KEYS = frozenset({"model", "model_config", "image_size", "mean", "std",
-                             "class_names", "state_dict"})
-
-
 def build_classifier(name: str, pretrained: str | None, num_classes: int,
                      image_size: int | None = None,
                      normalisation: dict | None = None) -> HarClassifier:
@@ -295,97 +306,23 @@ def build_model(config: TrainConfig, class_names: Sequence[str] = CLASS_NAMES, t
                 ) -> tuple[HarClassifier, PromptEncoder | None]:
     """The classifier with its class head, and the class-prompt encoder when the run uses text
     (a `text` head or an image–text term; `tokenizer` defaults to the model's own)."""
-    unknown = sorted(set(config.prompt_names) - set(class_names))
-    if unknown:
+    phrases = dict(config.prompt_names)
+    unknown = sorted(set(phrases) - set(class_names))
+    if unknown and len(unknown) < len(phrases):  # some are classes: the others are typos
         raise StageError(f"prompt_names: {', '.join(map(repr, unknown))} not among the "
                          f"{len(class_names)} classes of the data")
+    if unknown:  # phrases for another data set's classes (the demo's, for HAR's 15)
+        log.info("prompt_names describe none of the %d classes of the data; the prompts read "
+                 "the class names", len(class_names))
+        phrases = {}
     model = build_classifier(config.model, config.pretrained, len(class_names),
                              config.image_size)
     prompts = None
     if config.head_init == "text" or config.contrastive_weight:
         prompts = PromptEncoder(tokenizer or create_tokenizer(config.model), class_names,
-                                config.prompt_templates, config.prompt_names)
+                                config.prompt_templates, phrases)
     with torch.no_grad():
         init_head(model, config.head_init,
                   prompts(model.clip) if config.head_init == "text" else None)
     apply_tuning(model, config)  # what trains: the text tower only with an image–text term
     return model, prompts
-
-
-
-def save_checkpoint(path: Path, model: HarClassifier, name: str, class_names: Sequence[str],
-                    extra: dict) -> None:
-    """Everything needed to use the weights later, written atomically."""
-    payload = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": name,
-        "model_config": open_clip.get_model_config(name), **preprocessing_of(model.clip),
-        "class_names": list(class_names), **extra,
-        "state_dict": {k: v.detach().cpu() for k, v in plain_state_dict(model).items()},
-    }
-    save_atomically(payload, path)
-
-
-def save_atomically(payload: dict, path: Path) -> None:
-    """torch.save into a partial file renamed over `path`: a stop or a full disk leaves the
-    earlier file, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        torch.save(payload, partial)
-        partial.replace(path)
-    except (OSError, RuntimeError) as err:  # torch reports failed writes as RuntimeError
-        partial.unlink(missing_ok=True)
-        raise StageError(f"{path}: could not be written ({err}); check the free space and "
-                         f"rerun") from err
-
-
-def load_data(path: Path, **options):
-    """torch.load of data only (tensors, numbers, strings, containers), onto the CPU; any
-    other file is a StageError in one line. A file that holds Python objects is refused: pickle
-    would run whatever code they carry."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, **options)
-    except Exception as err:  # pickle, zip and torch errors for anything not a checkpoint
-        if "Weights only load failed" in str(err):  # a pickle, not data alone
-            what = "not a harclip checkpoint: it holds Python objects (code)" \
-                if "Unsupported global" in str(err) else \
-                "not a readable checkpoint: torch's data-only loader refuses it"
-            raise StageError(f"{path}: {what}; harclip never unpickles: do not load it with "
-                             f"pickle (torch.load(weights_only=False)) unless you trust whoever "
-                             f"made it") from None
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}"
-                         f"{': ' + first_line[:200] if first_line else ''})") from None
-
-
-def load_checkpoint(path: Path | str) -> tuple[HarClassifier, dict]:
-    """Rebuild a saved classifier; a file of another format or architecture is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    payload = load_data(path)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise StageError(f"{path}: not a harclip checkpoint (expected format "
-                         f"{CHECKPOINT_FORMAT!r}); train one with `dvc repro`")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise StageError(f"{path}: checkpoint format version {payload.get('version')} is not "
-                         f"the supported version {CHECKPOINT_VERSION}; retrain it")
-    missing = sorted(CHECKPOINT_KEYS - payload.keys())
-    if missing:
-        raise StageError(f"{path}: incomplete harclip checkpoint, no {', '.join(missing)}; "
-                         f"retrain it with `dvc repro`")
-    name = payload["model"]
-    if name not in open_clip.list_models() or \
-            open_clip.get_model_config(name) != payload["model_config"]:
-        raise StageError(f"{path}: saved for a {name} whose architecture differs from the "
-                         f"{name} known here; retrain it or use the code it was saved with")
-    # The saved normalisation is the one the weights were trained with: rebuild with it, so
-    # the model's own preprocess_cfg agrees with the checkpoint.
-    model = build_classifier(name, None, len(payload["class_names"]), payload["image_size"],
-                             {"mean": payload["mean"], "std": payload["std"]})
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise StageError(f"{path}: its weights do not fit {name}: {err}") from err
-    model.eval()
-    return model, {k: v for k, v in payload.items() if k != "state_dict"}

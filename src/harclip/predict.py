@@ -78,8 +78,8 @@ def main() -> None:
     args = cli.parse_args()
 
     def run() -> None:
+        from harclip.checkpoints import load_checkpoint
         from harclip.hardware import resolve_device
-        from harclip.models import load_checkpoint
         from harclip.prediction import predict
 
         model, meta = load_checkpoint(args.model)

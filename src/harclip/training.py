@@ -30,6 +30,7 @@ from harclip import distributed, stage
 from harclip.aclip import AclipObjective
 from harclip.augment import DeviceAugment
 from harclip.cache import CACHE_DIR, cache_classes, load_split
+from harclip.checkpoints import load_data, save_atomically, save_checkpoint
 from harclip.config import AclipTrainConfig, TrainConfig
 from harclip.distributed import World
 from harclip.engine import EpochRecord, Trainer
@@ -40,10 +41,7 @@ from harclip.models import (
     PromptEncoder,
     build_model,
     image_normalisation,
-    load_data,
     model_image_size,
-    save_atomically,
-    save_checkpoint,
 )
 from harclip.objectives import ContrastiveObjective, Objective
 from harclip.records import RunLog
