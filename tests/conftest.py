@@ -15,6 +15,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HAR_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "har-sample"
 
 
+def repo_params() -> dict:
+    """params.yaml as a dict, its pretrained starts made absolute: a stage started in a
+    temporary folder finds the shipped checkpoints."""
+    import yaml
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section in params.values():
+        if isinstance(section, dict) and section.get("pretrained"):
+            section["pretrained"] = str(REPO_ROOT / section["pretrained"])
+    return params
+
+
 def pytest_configure(config):
     """Under pytest-xdist, share the cores among the workers (and the stages they start):
     each worker's torch taking every core makes their OpenMP threads spin against each

@@ -30,7 +30,7 @@ from harclip.config import load_params
 from harclip.distributed import process_device, relaunch
 from harclip.records import read_run
 from harclip.stage import StageError
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, repo_params
 from tests.test_resume import epoch_rows, saved_epochs
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp
 
 
 def test_nprocs_in_params_relaunches_the_stage_under_torchrun(small_cache, tmp_path):
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = repo_params()
     params["train_clip"].update(epochs=2, batch_size=16, device="cpu", nprocs=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run([sys.executable, "-m", "harclip.train", "clip", "--cache",
@@ -134,7 +134,7 @@ def test_a_killed_two_process_run_resumes_on_the_single_process_trajectory(even_
     alone = tmp_path / "alone"
     training.run("clip", _config("clip", epochs=3), even_cache, alone / "models",
               alone / "logs", alone / "resume")
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = repo_params()
     params["train_clip"].update(epochs=3, batch_size=16, device="cpu", nprocs=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "harclip.train", "clip", "--cache", str(even_cache)]

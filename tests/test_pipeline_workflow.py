@@ -64,7 +64,9 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     summary = (tmp_path / "plots" / "summary.md").read_text()
     assert all(f"**{label}**" in summary for label in ("CLIP", "SigLIP", "A-CLIP"))
     shown = json.loads(project.dvc("metrics", "show", "--json"))
-    assert _flat(shown) == HEADLINE_COLUMNS | {"step"}  # a few numbers, nothing per class
+    wise = {f"{method}.{key}" for method in ("clip", "aclip")  # sglip: from scratch
+            for key in ("wise_alpha", "wise_test_acc")}
+    assert _flat(shown) == HEADLINE_COLUMNS | wise | {"step"}  # a few numbers, none per class
     project.commit("first results")
 
     # One model's key: that model's training stage, its evaluation and the plots rerun.
@@ -93,7 +95,7 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     assert rows["sglip-lr"]["train_sglip.lr"] == 0.002
     metrics = {key.split(":")[-1] for key in rows["sglip-lr"]
                if key.startswith(("clip.", "sglip.", "aclip.")) or ".json:" in key}
-    assert metrics == HEADLINE_COLUMNS | {"step"}  # nothing per class, no hardware strings
+    assert metrics == HEADLINE_COLUMNS | wise | {"step"}  # none per class, no hardware strings
     assert all(isinstance(rows["sglip-lr"][key], float | int) for key in rows["sglip-lr"]
                if key.split(":")[-1] in metrics)
     table = subprocess.run([str(BIN / "dvc"), "exp", "show", "--only-changed", "--no-pager"],

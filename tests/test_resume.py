@@ -25,7 +25,7 @@ from harclip.engine import Trainer
 from harclip.feed import CachedSplit
 from harclip.models import build_model
 from harclip.records import SERIES, read_epochs, series_file
-from tests.conftest import REPO_ROOT
+from tests.conftest import repo_params
 from tests.dvc_project import BIN, DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ SAME_TRAJECTORY = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
 
 
 def _params(**train_aclip) -> dict:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = repo_params()
     params["train_aclip"].update({"epochs": EPOCHS, "batch_size": 16, "device": "cpu",
                                   **train_aclip})
     return params

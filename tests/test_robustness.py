@@ -41,7 +41,7 @@ from harclip.har import CLASS_NAMES, read_labels_csv, write_labels_csv
 from harclip.models import build_model
 from harclip.prediction import predict
 from harclip.stage import StageError
-from tests.conftest import REPO_ROOT, jpeg_bytes
+from tests.conftest import REPO_ROOT, jpeg_bytes, repo_params
 from tests.dvc_project import BIN, DvcProject, tiny_params
 from tests.test_preprocess import _raw_folder, _report
 from tests.test_resume import Stage, saved_epochs
@@ -142,7 +142,7 @@ def test_sigkill_of_preprocess_leaves_no_worker_behind(tmp_path):
     for name, _ in rows:
         (raw / "train" / name).write_bytes(buffer.getvalue())
     write_labels_csv(raw / "Training_set.csv", rows)
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = repo_params()
     params["preprocess"].update(workers=2, image_size=256)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     errors = tmp_path / "stderr.txt"
