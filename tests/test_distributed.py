@@ -128,6 +128,20 @@ def test_nprocs_in_params_relaunches_the_stage_under_torchrun(small_cache, tmp_p
 
 
 
+def test_a_failing_run_under_torchrun_ends_in_its_workers_one_line_errors(small_cache,
+                                                                         tmp_path):
+    params = repo_params()
+    params["train_clip"].update(nprocs=2, device="cpu", pretrained="missing/start.pt")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "harclip.train", "clip", "--cache",
+                             str(small_cache)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 2  # the workers' StageError status, not torchrun's 1
+    assert "missing/start.pt: pretrained checkpoint file not found" in result.stderr
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    assert "closing signal" not in result.stderr  # the agent's warnings stay quiet
+
+
 def test_a_killed_two_process_run_resumes_on_the_single_process_trajectory(even_cache,
                                                                            tmp_path):
     torch.set_num_threads(1)

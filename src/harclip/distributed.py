@@ -132,6 +132,31 @@ def relaunch(nprocs: int, device_name: str, module: str, args: list[str]) -> NoR
     stage.log.info("launching %d processes with torchrun", nprocs)
     for handler in stage.log.handlers + logging.getLogger().handlers:
         handler.flush()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    command = [sys.executable, "-m", "harclip.distributed", "--standalone",
                f"--nproc-per-node={nprocs}", "-m", module, *args]
     os.execv(sys.executable, command)
+
+
+def torchrun_quietly(argv: list[str]) -> NoReturn:
+    """torchrun, whose failures are its workers' own one-line errors: it exits with the first
+    failed worker's status (128 + signal for a signal) without its launcher's ChildFailedError
+    report and traceback, or its agent's warnings about stopping the other workers."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        code = err.get_first_failure()[1].exitcode
+        sys.exit(128 - code if code < 0 else code or 1)
+    except SignalException as err:
+        sys.exit(128 + int(err.sigval))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    torchrun_quietly(sys.argv[1:])

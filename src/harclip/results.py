@@ -58,7 +58,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     mean, std = mean_std(values)
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    spread = f"{std * scale:.{digits}f}" if len(values) > 1 else "—"  # one seed: no spread
+    return f"{mean * scale:.{digits}f} ± {spread}"
 
 
 def per_seed(rows: list[dict], method: str,
