@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ("config", "download", "preprocess", "train", "evaluate", "plot", "predict",
-                "experiments")
+                "experiments", "pretrain")
 
 
 def _env(src: Path) -> dict:

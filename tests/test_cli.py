@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ENTRY_POINTS = ("config", "download", "preprocess", "train", "evaluate", "plot", "predict",
-                "experiments", "offline_plots")
+                "experiments", "offline_plots", "pretrain")
 HEAVY = ("torch", "open_clip", "timm", "dvclive", "transformers", "sklearn", "matplotlib",
          "dvc", "vl_convert")
 PROBE = """
