@@ -160,7 +160,7 @@ def test_plot_writes_valid_figures_and_the_studys_tables(tmp_path):
     summary = (tmp_path / "plots" / "summary.md").read_text()
     assert "| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch" in summary
     for label in ("**CLIP**", "**SigLIP**", "**A-CLIP**"):
-        assert f"| {label} | 54.0% | 51.0% | 3 | 10.5 s | 30.0 s | 0.98 GB | 300 img/s | " \
+        assert f"| {label} | 54.0% | 51.0% | 3 | 10.5 s | 30.0 s | 0.98 GiB | 300 img/s | " \
                f"0.490 | 88.0% | — |" in summary
     assert "Measured on 2 CPU cores (test)." in summary
     epochs = (tmp_path / "plots" / "epochs.md").read_text()

@@ -96,7 +96,7 @@ def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
             f"{metrics['best_epoch']} | {metrics['mean_epoch_time_s']:.1f} s"
             + (f" (refresh {refresh:.1f} s)" if refresh else "")
             + f" | {metrics['first_epoch_time_s']:.1f} s | "
-            f"{metrics['peak_memory_mb'] / 1024:.2f} GB | "
+            f"{metrics['peak_memory_mb'] / 1024:.2f} GiB | "
             f"{metrics['mean_images_per_s']:.0f} img/s | "
             f"{scores[held_out]['macro_f1']:.3f} | {_percent(scores, held_out, 'top5_accuracy')}"
             f" | {'—' if held_out not in zero_shot else f'{zero_shot[held_out]:.1%}'} |")
