@@ -60,7 +60,8 @@ bench: venv
 GPU_WHEELS := open_clip_torch ftfy wcwidth pydantic pydantic_core annotated-types \
 	typing-inspection dvclive dvc dvc-data dvc-http dvc-objects dvc-render dvc-studio-client \
 	scmrepo atpublic colorama diskcache dpath dulwich flatten-dict flufl.lock funcy orjson \
-	pathspec pygtrie ruamel.yaml sqltrie tabulate voluptuous zc.lockfile
+	pathspec pygtrie ruamel.yaml sqltrie tabulate voluptuous zc.lockfile \
+	peft accelerate psutil transformers tokenizers regex huggingface_hub hf-xet safetensors
 gpu-wheels:
 	rm -rf .whl && mkdir .whl
 	for name in $(GPU_WHEELS); do \

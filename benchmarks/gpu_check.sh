@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 site="${HARCLIP_SITE:-/tmp/harclip-site}"
-if ! python3 -c "import open_clip, pydantic, ftfy, dvclive" 2>/dev/null; then
+if ! python3 -c "import open_clip, pydantic, ftfy, dvclive, peft" 2>/dev/null; then
   if ! compgen -G ".whl/*.whl" >/dev/null; then
-    echo "gpu_check: open_clip_torch, pydantic, ftfy or dvclive is missing and .whl/ holds no" \
+    echo "gpu_check: open_clip_torch, pydantic, ftfy, dvclive or peft is missing and .whl/ holds no" \
          "wheels; run \`make gpu-wheels\` where there is network and bring .whl/ along" >&2
     exit 2
   fi

@@ -81,6 +81,12 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     assert {"clip.val_acc", "clip.test_acc"} <= set(diff_all["metrics/clip/eval.json"])
     assert all(key.startswith("clip.") for values in diff.values() for key in values)
 
+    # A fine-tuning tool's key of evaluate (WiSE-FT's α): the evaluations and plots, no training.
+    project.set_param("evaluate.wise_alphas", [0.0, 1.0])
+    evaluations = {"evaluate@clip", "evaluate@sglip", "evaluate@aclip"}
+    assert project.changed_stages() == evaluations
+    assert set(project.repro()) == evaluations | {"plot"}
+
     html_dir = tmp_path / "plots-html"
     project.dvc("plots", "show", "--out", str(html_dir))
     html = (html_dir / "index.html").read_text()

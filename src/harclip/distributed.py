@@ -56,6 +56,13 @@ class World:
         return self.reduce_(torch.tensor(value, dtype=torch.float64, device=self.device),
                             op).item()
 
+    def wait_for_all(self) -> None:
+        """Return once every process is here (a no-op alone): an epoch's clock then starts
+        after rank 0's saves of the one before, not during them."""
+        if self.size > 1:
+            dist.barrier(device_ids=[self.device.index]) if self.device.type == "cuda" \
+                else dist.barrier()
+
     def gather_rows(self, share: torch.Tensor, total: int) -> torch.Tensor:
         """The whole `total`-row tensor from every process's share, rows[rank::size] (the
         split `torch.arange(rank, total, size)` gives), back in row order."""

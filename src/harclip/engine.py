@@ -329,6 +329,7 @@ class Trainer:
     def _epoch(self, epoch: int, describe: str) -> EpochRecord:
         config, device, world = self.config, self.device, self.world
         reset_peak_memory(device)
+        world.wait_for_all()
         started = time.perf_counter()
         refresh_time = world.reduce(self.refresh(epoch), "max")
         self.model.train()
@@ -360,9 +361,9 @@ class Trainer:
         started = time.perf_counter()
         val_loss, val_acc = evaluate(self.model, self.val_split, self.augment, self.micro * 2,
                                      self.dtype, world)
-        val_time = world.reduce(time.perf_counter() - started, "max")
         ema_loss, ema_acc = (None, None) if self.ema is None else evaluate(
             self.ema.module, self.val_split, self.augment, self.micro * 2, self.dtype, world)
+        val_time = world.reduce(time.perf_counter() - started, "max")  # the EMA's too
         lr = max(group["lr"] for group in self.optimizer.param_groups)  # the head's
         return EpochRecord(epoch, train_loss, image_text_loss, train_acc, val_loss, val_acc,
                            epoch_time, refresh_time, seen / epoch_time, peak, lr, val_time,
