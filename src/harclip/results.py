@@ -15,9 +15,14 @@ from harclip.experiments import ABLATION, FINETUNE, FINETUNE_KEYS
 def value(row: dict, name: str):
     """A column of `dvc.api.exp_show`'s flat rows: params as `section.key`, metrics as
     `key` or, where two files share it, `path:key`."""
-    if name in row:
-        return row[name]
-    return next((v for k, v in row.items() if k.endswith(f":{name}")), None)
+    found = row[name] if name in row else \
+        next((v for k, v in row.items() if k.endswith(f":{name}")), None)
+    return _plain(found)
+
+
+def _plain(found):
+    """exp_show writes a null param (pretrained: null) as the string "None"."""
+    return None if found == "None" else found
 
 
 def finished_runs(revs: list[str] | None = None) -> list[dict]:
@@ -34,7 +39,7 @@ def finished_runs(revs: list[str] | None = None) -> list[dict]:
 def params_of(row: dict) -> dict:
     """The params.yaml values of a row (its other columns are metrics and dependencies)."""
     sections = set(section_names())
-    return {key.removeprefix("params.yaml:"): v for key, v in row.items()
+    return {key.removeprefix("params.yaml:"): _plain(v) for key, v in row.items()
             if key.removeprefix("params.yaml:").split(".", 1)[0] in sections}
 
 
