@@ -129,16 +129,19 @@ def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs
     seed = lambda s: {f"train_{m}.seed": s for m in ("clip", "sglip", "aclip")}  # noqa: E731
     lora = lambda s: {**seed(s), **{f"train_{m}.tune": "lora"  # noqa: E731
                                     for m in ("clip", "sglip", "aclip")}}
+    checkpointed = {**seed(0), **{f"train_{m}.grad_checkpointing": "True"  # as exp_show
+                                  for m in ("clip", "sglip", "aclip")}}
     scratch = {**seed(0), **{f"train_{m}.{k}": v for m in ("clip", "sglip", "aclip")
                              for k, v in (("pretrained", "None"), ("head_init", "random"),
                                           ("lr", 0.001))}}  # exp_show writes null as "None"
     rows = [_run(metrics(0.70, 0.72), seed(0), typ="baseline"),
             _run(metrics(0.74, 0.76), seed(1)),
             _run(metrics(0.60), lora(0)), _run(metrics(0.64), lora(1)),
-            _run(metrics(0.40), scratch)]
+            _run(metrics(0.40), scratch), _run(metrics(0.70), checkpointed)]
     found = results.finetune_found(rows)
     clip = found["clip"]
     assert clip["from scratch, lr 1e-3"]["test_acc"] == pytest.approx([0.40])
+    assert clip["gradient checkpointing"]["test_acc"] == pytest.approx([0.70])
     assert clip["full fine-tuning"]["test_acc"] == pytest.approx([0.70, 0.74])
     assert clip["LoRA, rank 4"]["test_acc"] == pytest.approx([0.60, 0.64])
     assert clip["WiSE-FT at the α chosen on val"]["test_acc"] == pytest.approx([0.72, 0.76])

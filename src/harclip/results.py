@@ -21,8 +21,9 @@ def value(row: dict, name: str):
 
 
 def _plain(found):
-    """exp_show writes a null param (pretrained: null) as the string "None"."""
-    return None if found == "None" else found
+    """exp_show writes null and boolean params as the strings "None", "True" and "False"."""
+    return {"None": None, "True": True, "False": False}.get(found, found) \
+        if isinstance(found, str) else found
 
 
 def finished_runs(revs: list[str] | None = None) -> list[dict]:
