@@ -32,7 +32,8 @@ def test_gpu_check_small_runs_every_check_on_the_cpu(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = {c["name"]: c["passed"] for c in report["checks"]}
-    assert all(checks.values()) and len(checks) == 10
+    assert all(checks.values()) and len(checks) == 11
+    assert "train_clip with LoRA, EMA, layer decay and checkpointing" in checks
     assert "train_clip: resumed after epoch 1" in checks and "predict with clip.pt" in checks
     # DistributedDataParallel built over a group of one, whatever the machine
     assert "train_clip under DistributedDataParallel, 1 process (gloo)" in checks
