@@ -78,7 +78,7 @@ def main() -> None:
     cli.add_argument("--repeats", type=int, default=3)
     args = cli.parse_args()
     print(f"{args.src}:")
-    for module in ENTRY_POINTS:
+    for module in (m for m in ENTRY_POINTS if (args.src / "harclip" / f"{m}.py").is_file()):
         seconds = statistics.median(help_seconds(module, args.src)
                                     for _ in range(args.repeats))
         print(f"  python -m harclip.{module} --help: {seconds:.2f} s")
