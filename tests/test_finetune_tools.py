@@ -190,6 +190,8 @@ from harclip.hardware import peak_memory_mb, reset_peak_memory
 from harclip.models import build_model
 torch.manual_seed(0)
 model, _ = build_model(TrainConfig(head_init="random", grad_checkpointing=sys.argv[1] == "1"))
+model(torch.randn(2, 3, 64, 64)).logsumexp(dim=1).sum().backward()  # one-time allocations
+model.zero_grad(set_to_none=False)
 images = torch.randn(192, 3, 64, 64)
 device = torch.device("cpu")
 reset_peak_memory(device)
@@ -201,11 +203,13 @@ print(peak_memory_mb(device) - base)
 
 def test_gradient_checkpointing_lowers_the_peak_memory():
     """A step's peak resident memory on the CPU above what the process held before it, each
-    in a fresh process (freed pages a process keeps would flatter a second step)."""
+    in a fresh process (freed pages a process keeps would flatter a second step of the same
+    size). A 2-image step first makes the autograd and kernel libraries' one-time allocations,
+    which alone are most of a first step's peak (in CI: 711 against 690 MB without it)."""
     peaks = {flag: float(subprocess.run([sys.executable, "-c", PEAK, flag], check=True,
                                         capture_output=True, text=True).stdout)
              for flag in ("0", "1")}
-    assert peaks["1"] < 0.9 * peaks["0"], peaks  # measured 0.79-0.81 at batch 192
+    assert peaks["1"] < 0.8 * peaks["0"], peaks  # measured 0.54-0.55 (1 and 2 threads)
 
 
 def test_wise_ft_runs_from_the_zero_shot_model_to_the_fine_tuned_one(small_cache, tmp_path):
