@@ -346,6 +346,12 @@ def syncs_per_step(params: dict, cache: Path, device: torch.device, report: Repo
         torch.cuda.empty_cache()
 
 
+def _only_epoch_speed(ws: Workspace) -> str:
+    """The throughput of a one-epoch CLIP run, for a check's detail."""
+    return f", {read_run(ws.root / 'logs' / 'clip')['mean_images_per_s']:,.0f} img/s " \
+        "(its only epoch: compile included)"
+
+
 def data_parallel(ws: Workspace, params: dict, processes: int, report: Report) -> None:
     """The CLIP stage under torchrun, compiled as the recipe is: one process (a group of one,
     so DistributedDataParallel wraps the compiled tower on any machine) or 2 GPUs (NCCL)."""
@@ -362,8 +368,7 @@ def data_parallel(ws: Workspace, params: dict, processes: int, report: Report) -
     processes_text = f"{processes} process{'es' if processes > 1 else ''}"
     wrapped = f"× {processes_text} (data-parallel)" in ws.log.read_text()
     backend = "NCCL" if torch.cuda.is_available() else "gloo"
-    speed = f", {read_run(ws.root / 'logs' / 'clip')['mean_images_per_s']:,.0f} img/s " \
-        "(its only epoch: compile included)" if code == 0 else ""
+    speed = _only_epoch_speed(ws) if code == 0 else ""
     report.checks.append(Check(
         f"train_clip under DistributedDataParallel, {processes_text} ({backend})",
         code == 0 and wrapped, f"exit status {code} in {seconds:.0f} s{speed}"
@@ -379,8 +384,7 @@ def tuning_tools(ws: Workspace, params: dict, report: Report) -> None:
                                     grad_checkpointing=True)
     path = ws.write_params(run_params, "params-tools.yaml")
     code, seconds = ws.run("harclip.train", "clip", "--params", path.name)
-    speed = f", {read_run(ws.root / 'logs' / 'clip')['mean_images_per_s']:,.0f} img/s " \
-        "(its only epoch: compile included)" if code == 0 else ""
+    speed = _only_epoch_speed(ws) if code == 0 else ""
     report.checks.append(Check("train_clip with LoRA, EMA, layer decay and checkpointing",
                                code == 0, f"exit status {code} in {seconds:.0f} s{speed}"))
 
