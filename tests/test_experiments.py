@@ -131,13 +131,16 @@ def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs
                                     for m in ("clip", "sglip", "aclip")}}
     checkpointed = {**seed(0), **{f"train_{m}.grad_checkpointing": "True"  # as exp_show
                                   for m in ("clip", "sglip", "aclip")}}
+    smoothed = {**seed(1), **{f"train_{m}.label_smoothing": 0.1
+                              for m in ("clip", "sglip", "aclip")}}
     scratch = {**seed(0), **{f"train_{m}.{k}": v for m in ("clip", "sglip", "aclip")
                              for k, v in (("pretrained", "None"), ("head_init", "random"),
                                           ("lr", 0.001))}}  # exp_show writes null as "None"
     rows = [_run(metrics(0.70, 0.72), seed(0), typ="baseline"),
             _run(metrics(0.74, 0.76), seed(1)),
             _run(metrics(0.60), lora(0)), _run(metrics(0.64), lora(1)),
-            _run(metrics(0.40), scratch), _run(metrics(0.70), checkpointed)]
+            _run(metrics(0.40), scratch), _run(metrics(0.70), checkpointed),
+            _run(metrics(0.78), smoothed)]
     found = results.finetune_found(rows)
     clip = found["clip"]
     assert clip["from scratch, lr 1e-3"]["test_acc"] == pytest.approx([0.40])
@@ -147,4 +150,9 @@ def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs
     assert clip["WiSE-FT at the α chosen on val"]["test_acc"] == pytest.approx([0.72, 0.76])
     assert "+ layer decay 0.75" not in clip  # not run
     table = results.finetune_table(found)
-    assert "| LoRA, rank 4 | 2 | 62.0 ± 2.8 | 10.0 ± 0.0 | 900 ± 0 | 4,000 |" in table
+    assert "| full fine-tuning | 2 | 72.0 ± 2.8 | — | 10.0 ± 0.0 | 900 ± 0 | 4,000 |" in table
+    # each arm against full fine-tuning at the same seed, not at the same position
+    assert "| LoRA, rank 4 | 2 | 62.0 ± 2.8 | -10.0 ± 0.0 | 10.0 ± 0.0 | 900 ± 0 | 4,000 |" \
+        in table
+    assert "| + label smoothing 0.1 | 1 | 78.0 ± — | +4.0 ± — |" in table
+    assert "| WiSE-FT at the α chosen on val | 2 | 74.0 ± 2.8 | +2.0 ± 0.0 |" in table

@@ -62,10 +62,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
-def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+def _pm(values: list[float], scale: float = 100.0, digits: int = 1, sign: str = "") -> str:
+    """Mean ± std as a table cell (`sign` "+": the mean's sign written always)."""
     mean, std = mean_std(values)
     spread = f"{std * scale:.{digits}f}" if len(values) > 1 else "—"  # one seed: no spread
-    return f"{mean * scale:.{digits}f} ± {spread}"
+    return f"{mean * scale:{sign}.{digits}f} ± {spread}"
 
 
 def per_seed(rows: list[dict], method: str,
@@ -193,16 +194,29 @@ def finetune_found(rows: list[dict]) -> dict:
         full = arms.get(FINETUNE[0][0])
         if full and None not in full["wise_test_acc"]:
             arms["WiSE-FT at the α chosen on val"] = {**full, "test_acc": full["wise_test_acc"]}
+        for label, entry in arms.items():
+            entry["paired"] = _paired(entry, full) if full and label != FINETUNE[0][0] else []
     return found
+
+
+def _paired(arm: dict, full: dict) -> list[float]:
+    """The arm's test accuracy minus full fine-tuning's at each seed both ran: a seed fixes
+    the data order, the augmentations and any random initialisation, so its luck cancels in
+    the difference, which the two arms' spreads side by side would hide."""
+    full_at = dict(zip(full["seeds"], full["test_acc"], strict=True))
+    return [acc - full_at[seed] for seed, acc in zip(arm["seeds"], arm["test_acc"], strict=True)
+            if seed in full_at]
 
 
 def finetune_table(found: dict) -> str:
     lines = []
     for method, arms in found.items():
         lines += [f"### {LABELS[method]}", "",
-                  "| Arm | Seeds | Test accuracy (%) | Time per epoch (s) | Peak memory (MB) | "
-                  "Trainable parameters |", "| :-- | :-: | :-: | :-: | :-: | --: |"]
+                  "| Arm | Seeds | Test accuracy (%) | Against full fine-tuning, same seeds "
+                  "(points) | Time per epoch (s) | Peak memory (MB) | Trainable parameters |",
+                  "| :-- | :-: | :-: | :-: | :-: | :-: | --: |"]
         lines += [f"| {label} | {len(e['seeds'])} | {_pm(e['test_acc'])} | "
+                  f"{_pm(e['paired'], sign='+') if e['paired'] else '—'} | "
                   f"{_pm(e['epoch_s'], 1.0)} | {_pm(e['peak_mb'], 1.0, 0)} | "
                   f"{int(e['trainable'][0]):,} |" for label, e in arms.items()]
         lines.append("")
