@@ -121,7 +121,7 @@ def test_the_finetune_sweep_queues_every_arm_but_the_commits_for_the_three_model
     assert "train_sglip.pretrained=null" in scratch and "train_aclip.lr=0.001" in scratch
 
 
-def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs():
+def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs(tmp_path):
     metrics = lambda acc, wise=None: {  # noqa: E731
         f"{m}.{k}": v for m in ("clip", "sglip", "aclip")
         for k, v in (("test_acc", acc), ("epoch_s", 10.0), ("peak_mb", 900.0),
@@ -156,3 +156,5 @@ def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs
         in table
     assert "| + label smoothing 0.1 | 1 | 78.0 ± — | +4.0 ± — |" in table
     assert "| WiSE-FT at the α chosen on val | 2 | 74.0 ± 2.8 | +2.0 ± 0.0 |" in table
+    results.finetune_figure(found, tmp_path / "finetune.png")  # arms at one seed and at two
+    assert (tmp_path / "finetune.png").read_bytes().startswith(b"\x89PNG")

@@ -224,24 +224,47 @@ def finetune_table(found: dict) -> str:
 
 
 def finetune_figure(found: dict, path: Path) -> None:
-    """Per model: test accuracy and peak memory of each arm (mean ± std over seeds)."""
+    """Per model, each arm against full fine-tuning at the same seeds (test accuracy, points,
+    mean ± std; full fine-tuning's own seed spread shaded) and each arm's peak memory. Arms
+    far outside the others' range (from scratch) are left out of the top row, for the table
+    to give, so that the small differences stay readable."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(15, 8), layout="constrained")
     axes = fig.subplots(2, len(found), sharey="row")
     for column, (method, arms) in enumerate(found.items()):
-        labels = list(arms)
-        for row, key, scale, title in ((0, "test_acc", 100, "test accuracy (%)"),
-                                       (1, "peak_mb", 1, "peak memory (MB)")):
-            axis = axes[row][column]
-            means, stds = zip(*(mean_std(arms[a][key]) for a in labels), strict=True)
-            axis.barh(labels, [m * scale for m in means], xerr=[s * scale for s in stds],
-                      color=["#7f7f7f" if "scratch" in a else "#1f77b4" for a in labels],
-                      capsize=3)
-            axis.set(title=f"{LABELS[method]}: {title}")
+        full = arms.get(FINETUNE[0][0])
+        against = {label: entry["paired"] for label, entry in arms.items()
+                   if entry["paired"] and "scratch" not in label}
+        axis = axes[0][column]
+        if against:
+            means, stds = zip(*(mean_std(values) for values in against.values()), strict=True)
+            axis.barh(list(against), [m * 100 for m in means], xerr=[s * 100 for s in stds],
+                      capsize=3, color=["#2ca02c" if m > 0 else "#d62728" for m in means])
+            mean, spread = mean_std(full["test_acc"])
+            low = min(min(m - s for m, s in zip(means, stds, strict=True)), -spread) * 100
+            high = max(max(m + s for m, s in zip(means, stds, strict=True)), spread) * 100
+            axis.set_xlim(low - 0.05 * (high - low), high + 0.4 * (high - low))
+            for label, m, s in zip(against, means, stds, strict=True):  # the values, aside
+                axis.text(0.98, label, f"{m * 100:+.1f} ± {s * 100:.1f}", ha="right",
+                          va="center", fontsize="small", transform=axis.get_yaxis_transform())
+            axis.axvspan(-spread * 100, spread * 100, color="#7f7f7f", alpha=0.2,
+                         label="full fine-tuning's seed spread")
+            axis.axvline(0, color="black", linewidth=0.8)
+            axis.legend(loc="lower left", fontsize="small")
+            axis.set(title=f"{LABELS[method]}: test accuracy against full fine-tuning\n"
+                           f"({mean * 100:.1f} %) at the same seeds, points")
+        axis = axes[1][column]
+        means, stds = zip(*(mean_std(entry["peak_mb"]) for entry in arms.values()), strict=True)
+        axis.barh(list(arms), means, xerr=stds, capsize=3,
+                  color=["#7f7f7f" if "scratch" in label else "#1f77b4" for label in arms])
+        axis.set(title=f"{LABELS[method]}: peak memory (MB)")
+        for axis in axes[0][column], axes[1][column]:
             axis.grid(axis="x", alpha=0.3)
-            axis.invert_yaxis()
-    fig.suptitle("Fine-tuning tools on the pretrained miniature (mean ± std over seeds)")
+    for row in axes:
+        row[0].invert_yaxis()  # the rows share their y axis: the arms top-down, as queued
+    fig.suptitle("Fine-tuning tools on the pretrained miniature (mean ± std over seeds; "
+                 "the same seeds paired)")
     fig.savefig(path, dpi=120)
 
 
