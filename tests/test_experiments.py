@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from matplotlib.container import BarContainer
 
 from harclip import experiments, results
 from harclip.config import load_params
@@ -129,8 +130,8 @@ def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs
     seed = lambda s: {f"train_{m}.seed": s for m in ("clip", "sglip", "aclip")}  # noqa: E731
     lora = lambda s: {**seed(s), **{f"train_{m}.tune": "lora"  # noqa: E731
                                     for m in ("clip", "sglip", "aclip")}}
-    checkpointed = {**seed(0), **{f"train_{m}.grad_checkpointing": "True"  # as exp_show
-                                  for m in ("clip", "sglip", "aclip")}}
+    checkpointed = lambda s: {**seed(s), **{  # noqa: E731
+        f"train_{m}.grad_checkpointing": "True" for m in ("clip", "sglip", "aclip")}}  # exp_show
     smoothed = {**seed(1), **{f"train_{m}.label_smoothing": 0.1
                               for m in ("clip", "sglip", "aclip")}}
     scratch = {**seed(0), **{f"train_{m}.{k}": v for m in ("clip", "sglip", "aclip")
@@ -139,12 +140,13 @@ def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs
     rows = [_run(metrics(0.70, 0.72), seed(0), typ="baseline"),
             _run(metrics(0.74, 0.76), seed(1)),
             _run(metrics(0.60), lora(0)), _run(metrics(0.64), lora(1)),
-            _run(metrics(0.40), scratch), _run(metrics(0.70), checkpointed),
+            _run(metrics(0.40), scratch), _run(metrics(0.70), checkpointed(0)),
+            _run(metrics(0.90), checkpointed(7)),  # a seed full fine-tuning lacks
             _run(metrics(0.78), smoothed)]
     found = results.finetune_found(rows)
     clip = found["clip"]
     assert clip["from scratch, lr 1e-3"]["test_acc"] == pytest.approx([0.40])
-    assert clip["gradient checkpointing"]["test_acc"] == pytest.approx([0.70])
+    assert clip["gradient checkpointing"]["test_acc"] == pytest.approx([0.70, 0.90])
     assert clip["full fine-tuning"]["test_acc"] == pytest.approx([0.70, 0.74])
     assert clip["LoRA, rank 4"]["test_acc"] == pytest.approx([0.60, 0.64])
     assert clip["WiSE-FT at the α chosen on val"]["test_acc"] == pytest.approx([0.72, 0.76])
@@ -156,5 +158,13 @@ def test_the_finetune_table_lists_each_arm_per_model_with_wise_ft_from_full_runs
         in table
     assert "| + label smoothing 0.1 | 1 | 78.0 ± — | +4.0 ± — |" in table
     assert "| WiSE-FT at the α chosen on val | 2 | 74.0 ± 2.8 | +2.0 ± 0.0 |" in table
-    results.finetune_figure(found, tmp_path / "finetune.png")  # arms at one seed and at two
+    assert "| gradient checkpointing | 2 | 80.0 ± 14.1 | +0.0 ± — (1 seed) |" in table
+    figure = results.finetune_figure(found, tmp_path / "finetune.png")
     assert (tmp_path / "finetune.png").read_bytes().startswith(b"\x89PNG")
+    top_left = figure.axes[0]  # CLIP against full fine-tuning: from scratch left to the table
+    assert [label.get_text() for label in top_left.get_yticklabels()] == [
+        "+ label smoothing 0.1", "LoRA, rank 4", "gradient checkpointing",
+        "WiSE-FT at the α chosen on val"]
+    bars = next(c for c in top_left.containers if isinstance(c, BarContainer))
+    assert [bar.get_width() for bar in bars] == pytest.approx(
+        [4.0, -10.0, 0.0, 2.0])

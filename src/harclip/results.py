@@ -200,12 +200,22 @@ def finetune_found(rows: list[dict]) -> dict:
 
 
 def _paired(arm: dict, full: dict) -> list[float]:
-    """The arm's test accuracy minus full fine-tuning's at each seed both ran: a seed fixes
-    the data order, the augmentations and any random initialisation, so its luck cancels in
-    the difference, which the two arms' spreads side by side would hide."""
-    full_at = dict(zip(full["seeds"], full["test_acc"], strict=True))
-    return [acc - full_at[seed] for seed, acc in zip(arm["seeds"], arm["test_acc"], strict=True)
-            if seed in full_at]
+    """The arm's test accuracy minus full fine-tuning's at each seed both ran (a seed fixes the
+    data order, the augmentations and any random initialisation: where two arms' outcomes move
+    together with it, the difference is steadier than either); seeds full fine-tuning lacks
+    are left out, and the table says how many pairs remain."""
+    full_at = {int(seed): acc for seed, acc in zip(full["seeds"], full["test_acc"], strict=True)}
+    return [acc - full_at[int(seed)]
+            for seed, acc in zip(arm["seeds"], arm["test_acc"], strict=True)
+            if int(seed) in full_at]
+
+
+def _against_full(entry: dict) -> str:
+    if not entry["paired"]:
+        return "—"
+    pairs = len(entry["paired"])
+    return _pm(entry["paired"], sign="+") + (
+        f" ({pairs} seed{'s' * (pairs > 1)})" if pairs < len(entry["seeds"]) else "")
 
 
 def finetune_table(found: dict) -> str:
@@ -215,50 +225,56 @@ def finetune_table(found: dict) -> str:
                   "| Arm | Seeds | Test accuracy (%) | Against full fine-tuning, same seeds "
                   "(points) | Time per epoch (s) | Peak memory (MB) | Trainable parameters |",
                   "| :-- | :-: | :-: | :-: | :-: | :-: | --: |"]
-        lines += [f"| {label} | {len(e['seeds'])} | {_pm(e['test_acc'])} | "
-                  f"{_pm(e['paired'], sign='+') if e['paired'] else '—'} | "
+        lines += [f"| {label} | {len(e['seeds'])} | {_pm(e['test_acc'])} | {_against_full(e)} | "
                   f"{_pm(e['epoch_s'], 1.0)} | {_pm(e['peak_mb'], 1.0, 0)} | "
                   f"{int(e['trainable'][0]):,} |" for label, e in arms.items()]
         lines.append("")
     return "\n".join(lines)
 
 
-def finetune_figure(found: dict, path: Path) -> None:
+def finetune_figure(found: dict, path: Path):
     """Per model, each arm against full fine-tuning at the same seeds (test accuracy, points,
-    mean ± std; full fine-tuning's own seed spread shaded) and each arm's peak memory. Arms
-    far outside the others' range (from scratch) are left out of the top row, for the table
-    to give, so that the small differences stay readable."""
+    mean ± std, on one scale for every model; full fine-tuning's spread over seeds shaded),
+    and each arm's peak memory as points (WiSE-FT's is full fine-tuning's, not repeated).
+    Arms far outside the others' range (from scratch) are left to the table, so that the
+    small differences stay readable. Returns the figure, for the tests to read."""
     from matplotlib.figure import Figure
 
+    found = {method: arms for method, arms in found.items() if arms}
+    against = {method: {label: (*mean_std(entry["paired"]), len(entry["paired"]))
+                        for label, entry in arms.items()
+                        if entry["paired"] and "scratch" not in label}
+               for method, arms in found.items()}
+    ends = [(m - s) * 100 for arms in against.values() for m, s, _ in arms.values()] + \
+           [(m + s) * 100 for arms in against.values() for m, s, _ in arms.values()] + [0.0]
+    low, high = min(ends), max(ends)
     fig = Figure(figsize=(15, 8), layout="constrained")
-    axes = fig.subplots(2, len(found), sharey="row")
+    axes = fig.subplots(2, len(found), sharey="row", squeeze=False)
     for column, (method, arms) in enumerate(found.items()):
-        full = arms.get(FINETUNE[0][0])
-        against = {label: entry["paired"] for label, entry in arms.items()
-                   if entry["paired"] and "scratch" not in label}
         axis = axes[0][column]
-        if against:
-            means, stds = zip(*(mean_std(values) for values in against.values()), strict=True)
-            axis.barh(list(against), [m * 100 for m in means], xerr=[s * 100 for s in stds],
-                      capsize=3, color=["#2ca02c" if m > 0 else "#d62728" for m in means])
-            mean, spread = mean_std(full["test_acc"])
-            low = min(min(m - s for m, s in zip(means, stds, strict=True)), -spread) * 100
-            high = max(max(m + s for m, s in zip(means, stds, strict=True)), spread) * 100
-            axis.set_xlim(low - 0.05 * (high - low), high + 0.4 * (high - low))
-            for label, m, s in zip(against, means, stds, strict=True):  # the values, aside
-                axis.text(0.98, label, f"{m * 100:+.1f} ± {s * 100:.1f}", ha="right",
-                          va="center", fontsize="small", transform=axis.get_yaxis_transform())
+        if against[method]:
+            labels = list(against[method])
+            means, stds, pairs = zip(*against[method].values(), strict=True)
+            axis.barh(labels, [m * 100 for m in means], xerr=[s * 100 for s in stds],
+                      capsize=3, color=["#7f7f7f" if round(m * 100, 1) == 0 else
+                                        "#2ca02c" if m > 0 else "#d62728" for m in means])
+            for label, m, s, n in zip(labels, means, stds, pairs, strict=True):  # aside
+                axis.text(0.98, label, f"{m * 100:+.1f} ± {s * 100:.1f}" if n > 1 else
+                          f"{m * 100:+.1f} (1 seed)", ha="right", va="center",
+                          fontsize="small", transform=axis.get_yaxis_transform())
+            mean, spread = mean_std(arms[FINETUNE[0][0]]["test_acc"])
             axis.axvspan(-spread * 100, spread * 100, color="#7f7f7f", alpha=0.2,
-                         label="full fine-tuning's seed spread")
+                         label="full fine-tuning's std over seeds")
             axis.axvline(0, color="black", linewidth=0.8)
             axis.legend(loc="lower left", fontsize="small")
-            axis.set(title=f"{LABELS[method]}: test accuracy against full fine-tuning\n"
+            axis.set(xlim=(low - 0.05 * (high - low), high + 0.4 * (high - low)),
+                     title=f"{LABELS[method]}: test accuracy against full fine-tuning\n"
                            f"({mean * 100:.1f} %) at the same seeds, points")
         axis = axes[1][column]
-        means, stds = zip(*(mean_std(entry["peak_mb"]) for entry in arms.values()), strict=True)
-        axis.barh(list(arms), means, xerr=stds, capsize=3,
-                  color=["#7f7f7f" if "scratch" in label else "#1f77b4" for label in arms])
-        axis.set(title=f"{LABELS[method]}: peak memory (MB)")
+        shown = [label for label in arms if not label.startswith("WiSE-FT")]
+        means, stds = zip(*(mean_std(arms[label]["peak_mb"]) for label in shown), strict=True)
+        axis.errorbar(means, shown, xerr=stds, fmt="o", capsize=3)
+        axis.set(title=f"{LABELS[method]}: peak memory above the image cache (MB)")
         for axis in axes[0][column], axes[1][column]:
             axis.grid(axis="x", alpha=0.3)
     for row in axes:
@@ -266,6 +282,7 @@ def finetune_figure(found: dict, path: Path) -> None:
     fig.suptitle("Fine-tuning tools on the pretrained miniature (mean ± std over seeds; "
                  "the same seeds paired)")
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def report(kind: str, out: Path, revs: list[str] | None = None) -> str:
