@@ -241,12 +241,11 @@ def finetune_figure(found: dict, path: Path):
     from matplotlib.figure import Figure
 
     found = {method: arms for method, arms in found.items() if arms}
-    against = {method: {label: (*mean_std(entry["paired"]), len(entry["paired"]))
-                        for label, entry in arms.items()
+    against = {method: {label: entry["paired"] for label, entry in arms.items()
                         if entry["paired"] and "scratch" not in label}
                for method, arms in found.items()}
-    ends = [(m - s) * 100 for arms in against.values() for m, s, _ in arms.values()] + \
-           [(m + s) * 100 for arms in against.values() for m, s, _ in arms.values()] + [0.0]
+    spreads = [mean_std(values) for arms in against.values() for values in arms.values()]
+    ends = [(m + sign * s) * 100 for m, s in spreads for sign in (-1, 1)] + [0.0]
     low, high = min(ends), max(ends)
     fig = Figure(figsize=(15, 8), layout="constrained")
     axes = fig.subplots(2, len(found), sharey="row", squeeze=False)
@@ -254,13 +253,12 @@ def finetune_figure(found: dict, path: Path):
         axis = axes[0][column]
         if against[method]:
             labels = list(against[method])
-            means, stds, pairs = zip(*against[method].values(), strict=True)
+            means, stds = zip(*map(mean_std, against[method].values()), strict=True)
             axis.barh(labels, [m * 100 for m in means], xerr=[s * 100 for s in stds],
                       capsize=3, color=["#7f7f7f" if round(m * 100, 1) == 0 else
                                         "#2ca02c" if m > 0 else "#d62728" for m in means])
-            for label, m, s, n in zip(labels, means, stds, pairs, strict=True):  # aside
-                axis.text(0.98, label, f"{m * 100:+.1f} ± {s * 100:.1f}" if n > 1 else
-                          f"{m * 100:+.1f} (1 seed)", ha="right", va="center",
+            for label, values in against[method].items():  # the table's cell, aside
+                axis.text(0.98, label, _pm(values, sign="+"), ha="right", va="center",
                           fontsize="small", transform=axis.get_yaxis_transform())
             mean, spread = mean_std(arms[FINETUNE[0][0]]["test_acc"])
             axis.axvspan(-spread * 100, spread * 100, color="#7f7f7f", alpha=0.2,
