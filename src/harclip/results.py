@@ -73,11 +73,11 @@ def per_seed(rows: list[dict], method: str,
              keys: tuple[str, ...] = ("test_acc", "val_acc", "epoch_s")) -> dict:
     """One finished run of `method` per seed (the first: a commit, then the newest) → its
     `keys` (test and val accuracy and time per epoch), as lists in seed order of
-    appearance."""
+    appearance; seeds as integers, however exp_show typed them."""
     runs: dict = {}
     for row in rows:
         if value(row, f"{method}.test_acc") is not None:
-            runs.setdefault(value(row, f"train_{method}.seed"), row)
+            runs.setdefault(int(value(row, f"train_{method}.seed")), row)
     return {"seeds": list(runs),
             **{key: [value(r, f"{method}.{key}") for r in runs.values()] for key in keys}}
 
@@ -88,7 +88,7 @@ def seeds_table(rows: list[dict]) -> tuple[str, dict]:
     rows = varying_only(rows, {f"train_{method}.seed" for method in METHODS})
     found = {method: per_seed(rows, method) for method in METHODS}
     for entry in found.values():
-        entry["seeds"] = sorted(int(s) for s in entry["seeds"])
+        entry["seeds"] = sorted(entry["seeds"])
     lines = ["| Model | Seeds | Test accuracy (%) | Val accuracy (%) | Time per epoch (s) |",
              "| :-- | :-: | :-: | :-: | :-: |"]
     lines += [f"| **{LABELS[m]}** | {', '.join(map(str, f['seeds']))} | {_pm(f['test_acc'])} "
@@ -204,10 +204,9 @@ def _paired(arm: dict, full: dict) -> list[float]:
     data order, the augmentations and any random initialisation: where two arms' outcomes move
     together with it, the difference is steadier than either); seeds full fine-tuning lacks
     are left out, and the table says how many pairs remain."""
-    full_at = {int(seed): acc for seed, acc in zip(full["seeds"], full["test_acc"], strict=True)}
-    return [acc - full_at[int(seed)]
-            for seed, acc in zip(arm["seeds"], arm["test_acc"], strict=True)
-            if int(seed) in full_at]
+    full_at = dict(zip(full["seeds"], full["test_acc"], strict=True))
+    return [acc - full_at[seed] for seed, acc in zip(arm["seeds"], arm["test_acc"], strict=True)
+            if seed in full_at]
 
 
 def _against_full(entry: dict) -> str:
