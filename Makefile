@@ -31,7 +31,7 @@ results: repro
 # Rewrite assets/dvc-plots.html, the page `dvc plots show` fills (.dvc/config), with Vega,
 # Vega-Lite and Vega-Embed inlined from the pinned vl-convert-python so it draws offline.
 plots-template: venv
-	python -m harclip.offline_plots
+	python -m harclip.plot.template
 
 lint: venv
 	ruff check src tests benchmarks

@@ -39,7 +39,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,22 +47,23 @@ import torch
 import yaml
 from PIL import Image
 
-from harclip import stage
-from harclip.augment import DeviceAugment
-from harclip.cache import CacheItem, load_split, write_cache
-from harclip.checkpoints import load_checkpoint
-from harclip.config import METHODS, EvaluateConfig, parse_params
-from harclip.engine import Trainer
-from harclip.evaluation import evaluate
-from harclip.feed import CachedSplit, effective_batches
-from harclip.har import CLASS_NAMES
-from harclip.hardware import describe, resolve_device
-from harclip.models import build_model, image_normalisation, model_image_size
-from harclip.predict import image_files
-from harclip.prediction import predict
-from harclip.records import read_epochs, read_run
-from harclip.synthetic import generate
-from harclip.training import build_objective
+from harclip.config.params import load_params, parse_params
+from harclip.config.schema import METHODS
+from harclip.data.cache import CacheItem, load_split, write_cache
+from harclip.data.layout import CLASS_NAMES
+from harclip.data.records import read_epochs, read_run
+from harclip.data.synthetic.scenes import generate
+from harclip.evaluate.stage import evaluate
+from harclip.model.backbones import image_normalisation, model_image_size
+from harclip.model.checkpoints import load_checkpoint
+from harclip.model.classifier import build_model
+from harclip.model.feed import CachedSplit, effective_batches
+from harclip.model.views import DeviceAugment
+from harclip.predict.classify import classify, image_files
+from harclip.runtime.devices import describe, resolve_device
+from harclip.runtime.log import configure_logging
+from harclip.train.engine import Trainer
+from harclip.train.stage import build_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,7 +233,7 @@ def check_params(small: bool, pretrained: bool, device: str) -> dict:
             section.update(model=TINY[method], pretrained=None, batch_size=32, compile=False,
                            image_size=None)
     params["train_aclip"]["aclip"]["refresh_epochs"] = 1
-    parse_params(params)  # invalid params fail here, before anything runs
+    parse_params(params, Path("the GPU check's params"))  # invalid ones fail here, first
     return params
 
 
@@ -282,8 +283,9 @@ def evaluate_and_predict(ws: Workspace, device: torch.device, report: Report) ->
     written = [m for m in METHODS if (models / f"{m}.pt").is_file()]
     for method in written:
         try:
-            scores = evaluate(method, EvaluateConfig(device=str(device)), cache, models,
-                              ws.root / "metrics")
+            config = replace(load_params(ws.root / "params.yaml").evaluate, device=str(device),
+                             wise_alphas=())
+            scores = evaluate(method, config, cache, models, ws.root / "metrics")
             report.checks.append(Check(f"evaluate@{method}", "val_acc" in scores,
                                        f"val accuracy {scores['val_acc']:.3f}"))
         except Exception as err:  # a check reports what broke and goes on
@@ -296,7 +298,7 @@ def evaluate_and_predict(ws: Workspace, device: torch.device, report: Report) ->
         Image.fromarray(np.asarray(images[index]).transpose(1, 2, 0)).save(folder / f"{index}.png")
     for method in written[:1]:
         model, meta = load_checkpoint(models / f"{method}.pt")
-        predicted, skipped = predict(model, meta, image_files([folder]), device=device)
+        predicted, skipped = classify(model, meta, image_files([folder]), device=device)
         ok = len(predicted) == 8 and not skipped and \
             all(set(p.labels) <= set(CLASS_NAMES) for p in predicted)
         report.checks.append(Check(f"predict with {method}.pt", ok,
@@ -311,7 +313,7 @@ def syncs_per_step(params: dict, cache: Path, device: torch.device, report: Repo
         return
     images, labels = load_split(cache, "train")
     for method in METHODS:
-        config = getattr(parse_params(params), f"train_{method}")
+        config = parse_params(params, Path("the GPU check's params")).train(method)
         config = type(config)(**{**asdict(config), "compile": False})
         model, prompts = build_model(config)
         model.to(device)
@@ -361,7 +363,7 @@ def data_parallel(ws: Workspace, params: dict, processes: int, report: Report) -
     run_params["train_clip"].update(nprocs=processes, epochs=1)
     path = ws.write_params(run_params, f"params-ddp{processes}.yaml")
     # One process: torchrun by hand, as on a cluster; two: the stage relaunches itself
-    # (nprocs), through harclip.distributed's quiet torchrun, as `dvc repro` does.
+    # (nprocs), through harclip.runtime.distributed's quiet torchrun, as `dvc repro` does.
     launcher = ("torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m") \
         if processes == 1 else ()
     code, seconds = ws.run(*launcher, "harclip.train", "clip", "--params", path.name)
@@ -395,7 +397,7 @@ def target_met(method: str, row: dict) -> str:
     met = steps <= TARGETS_S[method] and \
         (method != "aclip" or row["refresh_s"] <= REFRESH_TARGET_S)
     goal = f"≤ {TARGETS_S[method]} s" + (f", refresh ≤ {REFRESH_TARGET_S} s"
-                                          if method == "aclip" else "")
+                                         if method == "aclip" else "")
     return f"{'met' if met else 'missed'} ({goal})"
 
 
@@ -428,7 +430,7 @@ def main() -> int:
                      help="no phase starts after this many seconds, and none runs past them "
                           "(default %(default)s)")
     args = cli.parse_args()
-    stage.configure_logging()
+    configure_logging()
     device = resolve_device(args.device)
     train_images, val_images, size = (256, 64, 64) if args.small else (HAR_TRAIN, HAR_VAL, 224)
     params = check_params(args.small, args.pretrained, args.device)

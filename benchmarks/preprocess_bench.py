@@ -14,13 +14,15 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from harclip.config import PreprocessConfig
-from harclip.hardware import describe
-from harclip.preprocess import preprocess
+from harclip.config.params import load_params
+from harclip.preprocess.stage import preprocess
+from harclip.runtime.devices import describe
 
-DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "har-sample"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SAMPLE = ROOT.parent / "shared" / "data" / "har-sample"
 
 
 def main() -> None:
@@ -35,6 +37,7 @@ def main() -> None:
     if not (args.sample / "Training_set.csv").is_file():
         sys.exit(f"{args.sample}: no HAR sample here (Training_set.csv + train/); pass --sample")
     logging.disable(logging.WARNING)
+    shipped = load_params(ROOT / "params.yaml").preprocess
     results = []
     print(f"preprocess on {args.sample} — {describe()}")
     print(f"{'size':>5} {'workers':>7} {'images':>7} {'seconds':>8} {'img/s':>8}")
@@ -44,8 +47,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 with tempfile.TemporaryDirectory() as tmp:
                     start = time.perf_counter()
-                    summary = preprocess(PreprocessConfig(image_size=size, workers=workers),
-                                         args.sample, Path(tmp) / "cache")
+                    config = replace(shipped, image_size=size, workers=workers)
+                    summary = preprocess(config, args.sample, Path(tmp) / "cache")
                     best = min(best, time.perf_counter() - start)
             images = summary["train_images"] + summary["val_images"]
             results.append({"image_size": size, "workers": workers, "images": images,

@@ -78,7 +78,9 @@ def main() -> None:
     cli.add_argument("--repeats", type=int, default=3)
     args = cli.parse_args()
     print(f"{args.src}:")
-    for module in (m for m in ENTRY_POINTS if (args.src / "harclip" / f"{m}.py").is_file()):
+    package = args.src / "harclip"
+    for module in (m for m in ENTRY_POINTS  # a module, or a package (since the layering)
+                   if (package / f"{m}.py").is_file() or (package / m / "__main__.py").is_file()):
         seconds = statistics.median(help_seconds(module, args.src)
                                     for _ in range(args.repeats))
         print(f"  python -m harclip.{module} --help: {seconds:.2f} s")

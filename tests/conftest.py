@@ -1,30 +1,15 @@
-"""Shared fixtures: the real HAR sample (when present) and small image writers."""
+"""Fixtures every test may take: the real HAR sample (when present) and a small cache; and the
+cores shared out among pytest-xdist's workers."""
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HAR_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "har-sample"
-
-
-def repo_params() -> dict:
-    """params.yaml as a dict, its pretrained starts made absolute: a stage started in a
-    temporary folder finds the shipped checkpoints."""
-    import yaml
-
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for section in params.values():
-        if isinstance(section, dict) and section.get("pretrained"):
-            section["pretrained"] = str(REPO_ROOT / section["pretrained"])
-    return params
+from tests.support import HAR_SAMPLE
 
 
 def pytest_configure(config):
@@ -46,22 +31,14 @@ def har_sample() -> Path:
     return HAR_SAMPLE
 
 
-def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
-    """A small real JPEG with seeded random content."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="session")
 def small_cache(tmp_path_factory) -> Path:
     """A preprocessed cache of 240 synthetic HAR images (192 train, 48 val) at 64 px."""
-    from harclip.config import load_params
-    from harclip.download import write_synthetic
-    from harclip.preprocess import preprocess
+    from harclip.download.sources import write_synthetic
+    from harclip.preprocess.stage import preprocess
+    from tests.support.params import shipped
 
-    params = load_params(REPO_ROOT / "params.yaml")
+    params = shipped()
     root = tmp_path_factory.mktemp("small")
     write_synthetic(replace(params.download.synthetic, images_per_class=16), root / "raw")
     preprocess(replace(params.preprocess, workers=1), root / "raw", root / "cache")

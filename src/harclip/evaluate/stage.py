@@ -1,0 +1,108 @@
+"""The evaluate stage's work: score one model's chosen checkpoint on the val and test splits.
+
+Training picked the checkpoint's epoch on val, as the original study did, so the val figure
+compares with the study's table; the test split, which no training step and no model selection
+ever read, gives the honest figure. Uses all tokens, the deterministic view and the
+checkpoint's own preprocessing (input size, mean, std).
+
+Writes metrics/<name>/eval.json (the few numbers `dvc metrics diff` and `dvc exp show`
+compare, under the model's name: val accuracy, and test accuracy, macro-F1 and top-5
+accuracy; on val without a test split), metrics/<name>/report.json (every score per split,
+per-class accuracy, class names, image counts and the untouched pretrained backbone's
+zero-shot accuracy, the epoch-0 baseline) and metrics/<name>/predictions.csv (actual and
+predicted class per test image, or per val image without a test split: DVC's confusion plots
+read it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from harclip.config.schema import EvaluateConfig, TrainConfig
+from harclip.data.cache import CACHE_DIR, load_split
+from harclip.evaluate.baselines import logits_of, wise_ft, zero_shot_accuracy
+from harclip.evaluate.metrics import classification_metrics, headline_metrics
+from harclip.model.checkpoints import load_checkpoint
+from harclip.model.feed import CachedSplit
+from harclip.runtime.devices import resolve_device
+from harclip.runtime.errors import StageError
+from harclip.runtime.log import log
+
+
+def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
+             models_dir: Path = Path("models"), metrics_dir: Path = Path("metrics")) -> dict:
+    """Evaluate models/<name>.pt on val and test; write eval.json, report.json and
+    predictions.csv; return the metrics."""
+    checkpoint = models_dir / f"{name}.pt"
+    if not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: checkpoint not found; the train_{name} stage "
+                         f"makes it (`dvc repro train_{name}`)")
+    model, meta = load_checkpoint(checkpoint)
+    device = resolve_device(config.device)
+    model.to(device)
+    class_names = meta["class_names"]
+    splits = {split: CachedSplit(*load_split(cache_dir, split), device)
+              for split in ("val", "test")}
+    splits = {split: data for split, data in splits.items() if len(data)}
+    scores, report = {}, {"model": meta["model"], "checkpoint_epoch": meta["epoch"],
+                          "classes": class_names, "images": {}, "per_class_accuracy": {},
+                          "classes_scored": {}}
+    for split, data in splits.items():
+        labels = data.labels.cpu().numpy()
+        if labels.max(initial=0) >= len(class_names):
+            raise StageError(f"{cache_dir}: labels up to {labels.max()} but {checkpoint} "
+                             f"knows {len(class_names)} classes; retrain on this cache")
+        logits = logits_of(model, data, config.batch_size, meta)
+        scores[split], report["per_class_accuracy"][split] = \
+            classification_metrics(labels, logits, class_names)
+        report["images"][split] = len(labels)
+        report["classes_scored"][split] = len(set(labels.tolist()))
+        shown = (split, labels, logits.argmax(axis=1))  # the last: test when there is one
+    train_config = trained_with(meta, checkpoint)
+    report.update(pretrained=train_config.pretrained, scores=scores, predictions_split=shown[0])
+    if config.zero_shot and train_config.pretrained:
+        report["zero_shot_accuracy"] = zero_shot_accuracy(train_config, class_names, splits,
+                                                          config.batch_size)
+    metrics = headline_metrics(scores)
+    if config.wise_alphas and not train_config.pretrained:
+        log.info("evaluate %s: no WiSE-FT: it mixes the fine-tuned weights with the "
+                 "pretrained start's, and this run started from scratch", name)
+    elif config.wise_alphas:
+        report["wise_ft"] = wise_ft(model, train_config, class_names, splits,
+                                    config.wise_alphas, config.batch_size, meta)
+        held_out = "test" if "test" in splits else "val"
+        alpha = max(report["wise_ft"], key=lambda a: report["wise_ft"][a]["val"])
+        metrics |= {"wise_alpha": float(alpha),
+                    f"wise_{held_out}_acc": report["wise_ft"][alpha][held_out]}
+    out = metrics_dir / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps({name: metrics}, indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("actual", "predicted"))
+        writer.writerows((class_names[a], class_names[p])
+                         for a, p in zip(shown[1], shown[2], strict=True))
+    for split, split_scores in scores.items():
+        log.info("evaluate %s on %s: accuracy %.3f, macro-F1 %.3f%s", name, split,
+                 split_scores["accuracy"], split_scores["macro_f1"],
+                 f", top-5 {split_scores['top5_accuracy']:.3f}"
+                 if "top5_accuracy" in split_scores else "")
+    return metrics
+
+
+def trained_with(meta: dict, checkpoint: Path) -> TrainConfig:
+    """The training params a checkpoint records (A-CLIP's masking left aside): what its
+    zero-shot start and WiSE-FT are rebuilt from."""
+    try:
+        return TrainConfig(**{key: value for key, value in meta["params"].items()
+                              if key in TrainConfig.__dataclass_fields__})
+    except ValidationError as err:
+        raise StageError(f"{checkpoint}: its training params do not fit this harclip "
+                         f"({err.error_count()} key(s), e.g. "
+                         f"{'.'.join(map(str, err.errors()[0]['loc']))}); retrain it with "
+                         f"`dvc repro`") from None

@@ -1,0 +1,323 @@
+"""Tables and figures of finished DVC experiments (`dvc.api.exp_show`'s rows): the seeds,
+the token-choice ablation and the fine-tuning tools, as mean ± standard deviation over seeds,
+and every run at a glance (`python -m harclip.experiments show` / `report`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harclip.config.params import SHARED, file_sections
+from harclip.config.schema import LABELS, METHODS
+from harclip.experiments.sweeps import ABLATION, FINETUNE, FINETUNE_KEYS
+
+
+def value(row: dict, name: str):
+    """A column of `dvc.api.exp_show`'s flat rows: params as `section.key`, metrics as
+    `key` or, where two files share it, `path:key`."""
+    found = row[name] if name in row else \
+        next((v for k, v in row.items() if k.endswith(f":{name}")), None)
+    return _plain(found)
+
+
+def _plain(found):
+    """exp_show writes null and boolean params as the strings "None", "True" and "False"."""
+    return {"None": None, "True": True, "False": False}.get(found, found) \
+        if isinstance(found, str) else found
+
+
+def finished_runs(revs: list[str] | None = None) -> list[dict]:
+    """Commits (the current one by default) and their finished experiments (not the
+    workspace, which repeats one of them), as `dvc.api.exp_show` rows with each model's
+    training params spelled out (`per_model_params`); the commits first, in the order given,
+    so a seed's first run is the first commit's."""
+    import dvc.api
+
+    rows = [per_model_params(row) for row in dvc.api.exp_show(revs=revs)
+            if row.get("rev") != "workspace" and row.get("State") in (None, "Success")]
+    return sorted(rows, key=lambda row: row.get("typ") != "baseline")
+
+
+def per_model_params(row: dict) -> dict:
+    """The row with every training key under each model, as its stage saw it:
+    `train_<method>.<key>` from the model's own section where the row sets it, else from the
+    shared `train` (whose columns are dropped). exp_show writes a key a row lacks as "None",
+    as it writes a null, so a model's own null does not override a shared value here. Rows of
+    commits from before the shared section (every key per model) come through unchanged."""
+    shared = f"{SHARED}."
+    out = {key: cell for key, cell in row.items()
+           if not key.removeprefix("params.yaml:").startswith(shared)}
+    for key, cell in row.items():
+        name = key.removeprefix("params.yaml:")
+        if not name.startswith(shared):
+            continue
+        for method in METHODS:
+            own = f"train_{method}.{name.removeprefix(shared)}"
+            if value(out, own) is None:
+                out[own] = cell
+    return out
+
+
+def params_of(row: dict) -> dict:
+    """The params.yaml values of a row (its other columns are metrics and dependencies)."""
+    sections = set(file_sections())
+    return {key.removeprefix("params.yaml:"): _plain(v) for key, v in row.items()
+            if key.removeprefix("params.yaml:").split(".", 1)[0] in sections}
+
+
+def varying_only(rows: list[dict], free: set[str]) -> list[dict]:
+    """The rows whose params equal the commit's (the first row's) except the `free` ones (and
+    the keys those contain): one sweep's runs, not another's."""
+    if not rows:
+        return []
+
+    def fixed(row: dict) -> dict:
+        return {k: v for k, v in params_of(row).items()
+                if not any(k == f or k.startswith(f"{f}.") for f in free)}
+    baseline = fixed(rows[0])
+    return [row for row in rows if fixed(row) == baseline]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def _pm(values: list[float], scale: float = 100.0, digits: int = 1, sign: str = "") -> str:
+    """Mean ± std as a table cell (`sign` "+": the mean's sign written always)."""
+    mean, std = mean_std(values)
+    spread = f"{std * scale:.{digits}f}" if len(values) > 1 else "—"  # one seed: no spread
+    return f"{mean * scale:{sign}.{digits}f} ± {spread}"
+
+
+def per_seed(rows: list[dict], method: str,
+             keys: tuple[str, ...] = ("test_acc", "val_acc", "epoch_s")) -> dict:
+    """One finished run of `method` per seed (the first: a commit, then the newest) → its
+    `keys` (test and val accuracy and time per epoch), as lists in seed order of
+    appearance; seeds as integers, however exp_show typed them."""
+    runs: dict = {}
+    for row in rows:
+        if value(row, f"{method}.test_acc") is not None:
+            runs.setdefault(int(value(row, f"train_{method}.seed")), row)
+    return {"seeds": list(runs),
+            **{key: [value(r, f"{method}.{key}") for r in runs.values()] for key in keys}}
+
+
+def seeds_table(rows: list[dict]) -> tuple[str, dict]:
+    """Per model: test and val accuracy and time per epoch, mean ± std over the runs that
+    differ from each other only in their seeds."""
+    rows = varying_only(rows, {f"train_{method}.seed" for method in METHODS})
+    found = {method: per_seed(rows, method) for method in METHODS}
+    for entry in found.values():
+        entry["seeds"] = sorted(entry["seeds"])
+    lines = ["| Model | Seeds | Test accuracy (%) | Val accuracy (%) | Time per epoch (s) |",
+             "| :-- | :-: | :-: | :-: | :-: |"]
+    lines += [f"| **{LABELS[m]}** | {', '.join(map(str, f['seeds']))} | {_pm(f['test_acc'])} "
+              f"| {_pm(f['val_acc'])} | {_pm(f['epoch_s'], 1.0)} |"
+              for m, f in found.items() if f["seeds"]]
+    return "\n".join(lines) + "\n", found
+
+
+def ablation_table(rows: list[dict]) -> tuple[str, dict]:
+    """Per (token choice, keep ratio): A-CLIP's test and val accuracy and time per epoch,
+    mean ± std over seeds."""
+    rows = varying_only(rows, {"train_aclip.seed", "train_aclip.aclip.saliency",
+                               "train_aclip.aclip.keep_ratio"})
+    found, lines = {}, ["| Tokens the student sees | Keep ratio | Seeds | Test accuracy (%) | "
+                        "Val accuracy (%) | Time per epoch (s) |",
+                        "| :-- | :-: | :-: | :-: | :-: | :-: |"]
+    for label, saliency, keep in ABLATION:
+        runs = per_seed([row for row in rows
+                         if value(row, "train_aclip.aclip.saliency") == saliency
+                         and value(row, "train_aclip.aclip.keep_ratio") == keep], "aclip")
+        if not runs["seeds"]:
+            continue
+        entry = {**runs, "label": label, "keep": keep, "seeds": len(runs["seeds"])}
+        found[(saliency, keep)] = entry
+        lines.append(f"| {label} | {keep:g} | {entry['seeds']} | {_pm(entry['test_acc'])} | "
+                     f"{_pm(entry['val_acc'])} | {_pm(entry['epoch_s'], 1.0)} |")
+    return "\n".join(lines) + "\n", found
+
+
+def ablation_figure(found: dict, path: Path) -> None:
+    """Test accuracy (mean ± std over seeds) and time per epoch per configuration."""
+    from matplotlib.figure import Figure
+
+    entries = [found[k] for k in sorted(found, key=lambda k: (k[1], k[0]))]
+    names = [f"{e['label']}\nkeep {e['keep']:g}" for e in entries]
+    colours = ["#2ca02c" if "attentive" in e["label"] else
+               "#ff7f0e" if "random" in e["label"] else "#7f7f7f" for e in entries]
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    accuracy, speed = fig.subplots(1, 2)
+    for axis, key, scale, title in ((accuracy, "test_acc", 100, "Test accuracy (%)"),
+                                    (speed, "epoch_s", 1, "Time per epoch (s)")):
+        means, stds = zip(*(mean_std(e[key]) for e in entries), strict=True)
+        axis.barh(names, [m * scale for m in means], xerr=[s * scale for s in stds],
+                  color=colours, capsize=3)
+        axis.set(title=title)
+        axis.grid(axis="x", alpha=0.3)
+        axis.invert_yaxis()
+    speed.set_yticklabels([])
+    fig.suptitle("A-CLIP stage: which tokens the student sees (mean ± std over seeds)")
+    fig.savefig(path, dpi=120)
+
+
+SHOWN = {"test_acc": "test %", "val_acc": "val %", "epoch_s": "s/epoch", "peak_mb": "MB"}
+"""Each model's headline columns in `show`, as they are headed."""
+
+
+def show_table(rows: list[dict]) -> str:
+    """A markdown table of the runs: each one's name, the params that differ between them,
+    and every model's test and val accuracy, time per epoch and peak memory; the columns
+    `dvc exp show` elides in a narrow terminal, and only them."""
+    params = [params_of(row) for row in rows]
+    varying = sorted(k for k in {k for p in params for k in p}
+                     if len({repr(p.get(k)) for p in params}) > 1)
+    columns = [(f"{LABELS[m]} {head}", f"{m}.{key}") for m in METHODS
+               for key, head in SHOWN.items()]
+
+    def cell(value, key: str) -> str:
+        if value is None:
+            return "—"
+        if key.endswith("_acc"):
+            return f"{100 * value:.1f}"
+        return f"{value:.1f}" if key.endswith("_s") else f"{value:.0f}"
+
+    lines = ["| run | " + " | ".join([*varying, *(head for head, _ in columns)]) + " |",
+             "| :-- | " + " | ".join([":-:"] * (len(varying) + len(columns))) + " |"]
+    for row, row_params in zip(rows, params, strict=True):
+        name = row.get("Experiment") or f"{str(row.get('rev', ''))[:7]} (commit)"
+        cells = [str(row_params.get(key, "—")) for key in varying]
+        cells += [cell(value(row, key), key) for _, key in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def finetune_found(rows: list[dict]) -> dict:
+    """Per model and arm: test accuracy, time per epoch, peak memory and trainable parameters
+    over seeds; and WiSE-FT at the α chosen on val, from full fine-tuning's evaluations."""
+    rows = varying_only(rows, {f"train_{m}.{key}" for m in METHODS
+                               for key in (*FINETUNE_KEYS, "seed")})
+    if not rows:
+        return {}
+    baseline = params_of(rows[0])
+    keys = ("test_acc", "epoch_s", "peak_mb", "trainable", "wise_test_acc")
+    found: dict = {m: {} for m in METHODS}
+    for label, arm in FINETUNE:
+        for method in METHODS:
+            wanted = {f"train_{method}.{key}": arm.get(key, baseline.get(f"train_{method}.{key}"))
+                      for key in FINETUNE_KEYS}
+            runs = per_seed([row for row in rows if all(
+                value(row, k) == v for k, v in wanted.items())], method, keys)
+            if runs["seeds"]:
+                found[method][label] = runs
+    for arms in found.values():
+        full = arms.get(FINETUNE[0][0])
+        if full and None not in full["wise_test_acc"]:
+            arms["WiSE-FT at the α chosen on val"] = {**full, "test_acc": full["wise_test_acc"]}
+        for label, entry in arms.items():
+            entry["paired"] = _paired(entry, full) if full and label != FINETUNE[0][0] else []
+    return found
+
+
+def _paired(arm: dict, full: dict) -> list[float]:
+    """The arm's test accuracy minus full fine-tuning's at each seed both ran (a seed fixes the
+    data order, the augmentations and any random initialisation: where two arms' outcomes move
+    together with it, the difference is steadier than either); seeds full fine-tuning lacks
+    are left out, and the table says how many pairs remain."""
+    full_at = dict(zip(full["seeds"], full["test_acc"], strict=True))
+    return [acc - full_at[seed] for seed, acc in zip(arm["seeds"], arm["test_acc"], strict=True)
+            if seed in full_at]
+
+
+def _against_full(entry: dict) -> str:
+    if not entry["paired"]:
+        return "—"
+    pairs = len(entry["paired"])
+    return _pm(entry["paired"], sign="+") + (
+        f" ({pairs} seed{'s' * (pairs > 1)})" if pairs < len(entry["seeds"]) else "")
+
+
+def finetune_table(found: dict) -> str:
+    lines = []
+    for method, arms in found.items():
+        lines += [f"### {LABELS[method]}", "",
+                  "| Arm | Seeds | Test accuracy (%) | Against full fine-tuning, same seeds "
+                  "(points) | Time per epoch (s) | Peak memory (MB) | Trainable parameters |",
+                  "| :-- | :-: | :-: | :-: | :-: | :-: | --: |"]
+        lines += [f"| {label} | {len(e['seeds'])} | {_pm(e['test_acc'])} | {_against_full(e)} | "
+                  f"{_pm(e['epoch_s'], 1.0)} | {_pm(e['peak_mb'], 1.0, 0)} | "
+                  f"{int(e['trainable'][0]):,} |" for label, e in arms.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def finetune_figure(found: dict, path: Path):
+    """Per model, each arm against full fine-tuning at the same seeds (test accuracy, points,
+    mean ± std, on one scale for every model; full fine-tuning's spread over seeds shaded),
+    and each arm's peak memory as points (WiSE-FT's is full fine-tuning's, not repeated).
+    Arms far outside the others' range (from scratch) are left to the table, so that the
+    small differences stay readable. Returns the figure, for the tests to read."""
+    from matplotlib.figure import Figure
+
+    found = {method: arms for method, arms in found.items() if arms}
+    against = {method: {label: entry["paired"] for label, entry in arms.items()
+                        if entry["paired"] and "scratch" not in label}
+               for method, arms in found.items()}
+    spreads = [mean_std(values) for arms in against.values() for values in arms.values()]
+    ends = [(m + sign * s) * 100 for m, s in spreads for sign in (-1, 1)] + [0.0]
+    low, high = min(ends), max(ends)
+    fig = Figure(figsize=(15, 8), layout="constrained")
+    axes = fig.subplots(2, len(found), sharey="row", squeeze=False)
+    for column, (method, arms) in enumerate(found.items()):
+        axis = axes[0][column]
+        if against[method]:
+            labels = list(against[method])
+            means, stds = zip(*map(mean_std, against[method].values()), strict=True)
+            axis.barh(labels, [m * 100 for m in means], xerr=[s * 100 for s in stds],
+                      capsize=3, color=["#7f7f7f" if round(m * 100, 1) == 0 else
+                                        "#2ca02c" if m > 0 else "#d62728" for m in means])
+            for label, values in against[method].items():  # the table's cell, aside
+                axis.text(0.98, label, _pm(values, sign="+"), ha="right", va="center",
+                          fontsize="small", transform=axis.get_yaxis_transform())
+            mean, spread = mean_std(arms[FINETUNE[0][0]]["test_acc"])
+            axis.axvspan(-spread * 100, spread * 100, color="#7f7f7f", alpha=0.2,
+                         label="full fine-tuning's std over seeds")
+            axis.axvline(0, color="black", linewidth=0.8)
+            axis.legend(loc="lower left", fontsize="small")
+            axis.set(xlim=(low - 0.05 * (high - low), high + 0.4 * (high - low)),
+                     title=f"{LABELS[method]}: test accuracy against full fine-tuning\n"
+                           f"({mean * 100:.1f} %) at the same seeds, points")
+        axis = axes[1][column]
+        shown = [label for label in arms if not label.startswith("WiSE-FT")]
+        means, stds = zip(*(mean_std(arms[label]["peak_mb"]) for label in shown), strict=True)
+        axis.errorbar(means, shown, xerr=stds, fmt="o", capsize=3)
+        axis.set(title=f"{LABELS[method]}: peak memory above the image cache (MB)")
+        for axis in axes[0][column], axes[1][column]:
+            axis.grid(axis="x", alpha=0.3)
+    for row in axes:
+        row[0].invert_yaxis()  # the rows share their y axis: the arms top-down, as queued
+    fig.suptitle("Fine-tuning tools on the pretrained miniature (mean ± std over seeds; "
+                 "the same seeds paired)")
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def report(kind: str, out: Path, revs: list[str] | None = None) -> str:
+    rows = finished_runs(revs)
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "seeds":
+        table, _ = seeds_table(rows)
+    elif kind == "finetune":
+        found = finetune_found(rows)
+        table = finetune_table(found)
+        if found:
+            finetune_figure(found, out / "finetune.png")
+    else:
+        table, found = ablation_table(rows)
+        if found:
+            ablation_figure(found, out / "ablation.png")
+    (out / f"{kind}.md").write_text(table)
+    return table

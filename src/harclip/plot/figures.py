@@ -1,0 +1,125 @@
+"""The figures of the plot stage (matplotlib, imported only by the stage that draws)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+
+from harclip.config.schema import LABELS
+
+COLOURS = {"clip": "#1f77b4", "sglip": "#d62728", "aclip": "#2ca02c"}
+CELL_VALUES_UP_TO = 25
+"""Classes up to which confusion-matrix cells carry their value; beyond, colour only."""
+
+
+def plot_curves(name: str, epochs: list[dict], path: Path, dpi: int) -> None:
+    x = [row["epoch"] for row in epochs]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    acc, loss = fig.subplots(1, 2)
+    for split, style in (("train", "--"), ("val", "-")):
+        acc.plot(x, [row[f"{split}_acc"] for row in epochs], style, marker="o", label=split,
+                 color=COLOURS[name])
+        loss.plot(x, [row[f"{split}_loss"] for row in epochs], style, marker="o", label=split,
+                  color=COLOURS[name])
+    if any(row.get("ema_val_acc") is not None for row in epochs):
+        acc.plot(x, [row.get("ema_val_acc") for row in epochs], ":", marker="s",
+                 color=COLOURS[name], label="val, weights' EMA")
+    if any(row["train_image_text_loss"] for row in epochs):
+        loss.plot(x, [row["train_image_text_loss"] for row in epochs], ":", marker=".",
+                  color="grey", label="train image–text term")
+    acc.set(title=f"{LABELS[name]}: accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    loss.set(title=f"{LABELS[name]}: loss", xlabel="epoch", ylabel="cross-entropy")
+    for axis in (acc, loss):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.savefig(path, dpi=dpi)
+
+
+def plot_confusion(name: str, predictions: list[dict], class_names: list[str], split: str,
+                   path: Path, dpi: int) -> np.ndarray:
+    """The row-normalised confusion matrix, sized for the number of classes; returns the
+    matrix of counts."""
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+    counts = confusion_matrix([r["actual"] for r in predictions],
+                              [r["predicted"] for r in predictions], labels=class_names)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    classes = len(class_names)
+    side = max(6.0, 0.45 * classes + 3)
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    axis = fig.subplots()
+    display = ConfusionMatrixDisplay(normalised,
+                                     display_labels=[n.replace("_", " ") for n in class_names])
+    display.plot(ax=axis, cmap="Blues", colorbar=True, xticks_rotation=45,
+                 include_values=classes <= CELL_VALUES_UP_TO, values_format=".2f",
+                 text_kw={"fontsize": 7 if classes <= 15 else 5})
+    tick_size = 10 if classes <= 15 else max(5, 10 - classes // 10)
+    for label in axis.get_xticklabels():
+        label.set(horizontalalignment="right", rotation_mode="anchor", fontsize=tick_size)
+    for label in axis.get_yticklabels():
+        label.set(fontsize=tick_size)
+    accuracy = np.mean([r["actual"] == r["predicted"] for r in predictions])
+    axis.set_title(f"{LABELS[name]}: confusion matrix, rows normalised "
+                   f"(accuracy {accuracy:.1%}, {len(predictions)} {split} images)")
+    fig.savefig(path, dpi=dpi)
+    return counts
+
+
+def plot_val_accuracy(epochs: dict[str, list[dict]], classes: int, path: Path,
+                      dpi: int) -> None:
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    axis = fig.subplots()
+    for name, rows in epochs.items():
+        axis.plot([r["epoch"] for r in rows], [r["val_acc"] for r in rows], marker="o",
+                  label=LABELS[name], color=COLOURS[name])
+    axis.axhline(1 / classes, color="grey", linestyle=":", label="chance")
+    axis.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    axis.grid(alpha=0.3)
+    axis.legend()
+    fig.savefig(path, dpi=dpi)
+
+
+def plot_speed_memory(train: dict[str, dict], hardware: str, path: Path, dpi: int) -> None:
+    names = list(train)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    speed, memory = fig.subplots(1, 2)
+    colours = [COLOURS[n] for n in names]
+    labels = [LABELS[n] for n in names]
+    for axis, key, title, unit in (
+            (speed, "mean_epoch_time_s", "Time per epoch (steady state)", "seconds"),
+            (memory, "peak_memory_mb", "Peak memory above the image cache", "MB")):
+        values = [train[n][key] for n in names]
+        bars = axis.bar(labels, values, color=colours)
+        axis.bar_label(bars, fmt="%.1f" if key.endswith("_s") else "%.0f")
+        axis.set(title=title, ylabel=unit)
+        axis.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"on {hardware}", fontsize=8)
+    fig.savefig(path, dpi=dpi)
+
+
+def plot_wise_ft(reports: dict[str, dict], path: Path, dpi: int) -> None:
+    """WiSE-FT: accuracy against the mixing weight α (0: the zero-shot model, 1: the
+    fine-tuned one) per model, the held-out split solid and val dashed, α chosen on val
+    marked."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    axis = fig.subplots()
+    for name, report in reports.items():
+        curve = report.get("wise_ft")
+        if not curve:
+            continue
+        alphas = [float(a) for a in curve]
+        held_out = "test" if "test" in next(iter(curve.values())) else "val"
+        for split, style in [(held_out, "-")] + ([("val", "--")] if held_out != "val" else []):
+            axis.plot(alphas, [curve[a][split] for a in curve], style, marker="o",
+                      color=COLOURS[name], label=f"{LABELS[name]} ({split})")
+        chosen = max(curve, key=lambda a: curve[a]["val"])
+        axis.plot([float(chosen)], [curve[chosen][held_out]], "*", markersize=14,
+                  color=COLOURS[name])
+    axis.set(title="WiSE-FT: zero-shot (α = 0) to fine-tuned (α = 1) weights; ★ α chosen "
+                   "on val", xlabel="α", ylabel="accuracy")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.savefig(path, dpi=dpi)

@@ -1,0 +1,89 @@
+"""The plot stage's markdown tables: the study's per-epoch and summary tables, the most
+frequent confusions, and the README's results block filled from the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harclip.config.schema import LABELS
+from harclip.runtime.errors import StageError
+
+TOP_CONFUSIONS = 10
+
+
+def confusions_table(name: str, counts: np.ndarray, class_names: list[str], split: str) -> str:
+    """The most frequent confusions as text: at 40 classes the figure's cells are too small to
+    read, a list is not."""
+    rows = counts.sum(axis=1)
+    pairs = sorted(((counts[a, p], a, p) for a in range(len(class_names))
+                    for p in range(len(class_names)) if a != p and counts[a, p]), reverse=True)
+    lines = [f"### {LABELS[name]}: most frequent confusions ({split} split)", "",
+             "| Actual | Predicted as | Images | Share of the class |",
+             "| :-- | :-- | --: | --: |"]
+    lines += [f"| {class_names[a]} | {class_names[p]} | {n} | {n / rows[a]:.1%} |"
+              for n, a, p in pairs[:TOP_CONFUSIONS]]
+    if not pairs:
+        lines.append("| — | — | 0 | — |")
+    return "\n".join(lines) + "\n"
+
+
+def epochs_table(name: str, epochs: list[dict]) -> str:
+    """The study's per-epoch table, plus the saliency refresh where there is one and the
+    end-of-epoch saves (checkpoint, resume state), which fall outside the epoch time."""
+    refresh = any(r["refresh_time_s"] for r in epochs)
+    lines = [f"### {LABELS[name]}", "",
+             "| Epoch | Train Acc | Val Acc | Time (s) |" + (" of which refresh (s) |" if refresh
+                                                             else "")
+             + " Peak Mem (MB) | Save (s) |",
+             "|:------|:----------|:--------|:---------|" + (":--|" if refresh else "")
+             + ":--------------|:--|"]
+    lines += [f"| {int(r['epoch'])} | {r['train_acc']:.3f} | {r['val_acc']:.3f} | "
+              f"{r['epoch_time_s']:.1f} |" + (f" {r['refresh_time_s']:.1f} |" if refresh else "")
+              + f" {r['peak_memory_mb']:.0f} | {r['save_time_s']:.2f} |" for r in epochs]
+    return "\n".join(lines) + "\n"
+
+
+def _percent(scores: dict, split: str, key: str = "accuracy") -> str:
+    value = scores.get(split, {}).get(key)
+    return "—" if value is None else f"{value:.1%}"
+
+
+def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
+    """The study's summary columns (validation accuracy, as it reported), the held-out test
+    accuracy, and steady-state speed and memory."""
+    lines = ["| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | "
+             "Peak Memory | Throughput | Test Macro-F1 | Test Top-5 | Zero-shot (test) |",
+             "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: |"]
+    for name, metrics in train.items():
+        scores = reports[name]["scores"]
+        held_out = "test" if "test" in scores else "val"
+        zero_shot = reports[name].get("zero_shot_accuracy", {})
+        refresh = metrics.get("mean_refresh_time_s", 0.0)
+        lines.append(
+            f"| **{LABELS[name]}** | {_percent(scores, 'val')} | {_percent(scores, 'test')} | "
+            f"{metrics['best_epoch']} | {metrics['mean_epoch_time_s']:.1f} s"
+            + (f" (refresh {refresh:.1f} s)" if refresh else "")
+            + f" | {metrics['first_epoch_time_s']:.1f} s | "
+            f"{metrics['peak_memory_mb'] / 1024:.2f} GiB | "
+            f"{metrics['mean_images_per_s']:.0f} img/s | "
+            f"{scores[held_out]['macro_f1']:.3f} | {_percent(scores, held_out, 'top5_accuracy')}"
+            f" | {'—' if held_out not in zero_shot else f'{zero_shot[held_out]:.1%}'} |")
+    return "\n".join(lines) + "\n"
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def splice_results(readme: Path, summary: Path) -> None:
+    """Copy plots/summary.md between the README's results markers, so it is never typed."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise StageError(f"{readme}: no {README_START} … {README_END} block to fill")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    if not summary.is_file():
+        raise StageError(f"{summary}: not found; the plot stage makes it (`dvc repro plot`)")
+    table = summary.read_text()
+    readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}")

@@ -1,0 +1,1 @@
+"""`python -m harclip.predict`: classify image files with a trained checkpoint."""

@@ -1,0 +1,143 @@
+"""What preprocess decodes: the rows of Training_set.csv that name a file inside train/ with a
+known label, each resolved to its file, and the reasons the others are left out."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path, PureWindowsPath
+
+from harclip.data.cache import SPLITS
+from harclip.data.decode import Rejected
+from harclip.data.layout import (
+    CLASSES_JSON,
+    IMAGE_DIR,
+    LABELS_CSV,
+    flag_small_classes,
+    read_classes,
+    read_labels_csv,
+)
+from harclip.runtime.log import log
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A labelled image file to decode: its path under train/, class id and given split."""
+
+    filename: str
+    label: int
+    split: str = ""
+
+
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+class _ImageFolder:
+    """Resolves a CSV row's filename to a file under train/: relative paths must stay inside;
+    absolute paths (from the machine a CSV was written on) are matched by base name."""
+
+    def __init__(self, image_dir: Path) -> None:
+        self.root = image_dir.resolve()
+        self.files = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*")
+                            if p.is_file()) if image_dir.is_dir() else []
+        self.by_base: dict[str, list[str]] = defaultdict(list)
+        for name in self.files:
+            self.by_base[name.rsplit("/", 1)[-1]].append(name)
+        self.by_base_name = 0
+
+    def resolve(self, name: str, line: int) -> tuple[str | None, Rejected | None]:
+        """(path under train/, None) or (None, why not)."""
+        if _WINDOWS_ABSOLUTE.match(name) or name.startswith("/"):
+            base = PureWindowsPath(name).name
+            matches = self.by_base.get(base, [])
+            if len(matches) == 1:
+                self.by_base_name += 1
+                return matches[0], None
+            if matches:
+                return None, Rejected(name, "ambiguous_name",
+                                      f"absolute path at line {line}; its base name {base!r} "
+                                      f"matches {len(matches)} files in {IMAGE_DIR}/")
+            return None, Rejected(name, "missing_file",
+                                  f"absolute path at line {line}; no file named {base!r} in "
+                                  f"{IMAGE_DIR}/")
+        if not name:
+            return None, Rejected(name, "missing_file", f"no filename at line {line}")
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root):
+            return None, Rejected(name, "outside_dataset",
+                                  f"line {line} points outside the dataset folder "
+                                  f"{IMAGE_DIR}/")
+        if not path.is_file():
+            return None, Rejected(name, "missing_file", f"listed at line {line} but missing "
+                                                        f"from {IMAGE_DIR}/")
+        return path.relative_to(self.root).as_posix(), None
+
+
+def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], list[str]]:
+    """Rows of Training_set.csv that name a file inside train/ with a known label (and split,
+    where the CSV gives splits); the rest, why; and the class names."""
+    rows = read_labels_csv(raw_dir / LABELS_CSV)
+    classes = read_classes(raw_dir, rows)
+    class_ids = {name: index for index, name in enumerate(classes)}
+    folder = _ImageFolder(raw_dir / IMAGE_DIR)
+    given_splits = any(row.split for row in rows)
+    rejected: list[Rejected] = []
+    by_file: dict[str, list] = defaultdict(list)
+    for row in rows:
+        path, problem = folder.resolve(row.filename, row.line)
+        if problem:
+            rejected.append(problem)
+        else:
+            by_file[path].append(row)
+    if folder.by_base_name:
+        log.info("preprocess: %d absolute paths in %s found in %s/ by their base name",
+                 folder.by_base_name, LABELS_CSV, IMAGE_DIR)
+    candidates = []
+    for name, group in by_file.items():
+        first, extra = group[0], group[1:]
+        if len({(row.label, row.split) for row in group}) > 1:
+            lines = ", ".join(str(row.line) for row in group)
+            rejected += [Rejected(name, "conflicting_labels",
+                                  f"listed with conflicting labels or splits (lines {lines})")
+                         for _ in group]
+            continue
+        rejected += [Rejected(name, "duplicate_row",
+                              f"duplicate row at line {row.line} (line {first.line} kept)")
+                     for row in extra]
+        if first.label not in class_ids:
+            rejected.append(Rejected(name, "unknown_label",
+                                     f"unknown label {first.label!r} at line {first.line}; "
+                                     f"expected one of the {len(classes)} classes in "
+                                     f"{CLASSES_JSON}"))
+        elif given_splits and first.split not in SPLITS:
+            rejected.append(Rejected(name, "unknown_split",
+                                     f"split {first.split!r} at line {first.line}; expected "
+                                     f"one of {', '.join(SPLITS)}"))
+        else:
+            candidates.append(Candidate(name, class_ids[first.label], first.split))
+    listed = set(by_file) | {row.filename for row in rows}
+    rejected += [Rejected(name, "unlisted_file", f"not listed in {LABELS_CSV} (no label)")
+                 for name in folder.files if name not in listed]
+    return candidates, rejected, classes
+
+
+def drop_rare_classes(candidates: list[Candidate], classes: list[str], minimum: int
+                      ) -> tuple[list[Candidate], list[Rejected], list[str]]:
+    """Leave out the classes with fewer than `minimum` candidates (their rows reported as
+    `rare_class`), renumbering the rest; flag every class far smaller than the others."""
+    files: dict[str, list[str]] = {name: [] for name in classes}
+    for candidate in candidates:
+        files[classes[candidate.label]].append(candidate.filename)
+    flag_small_classes(files, "preprocess", minimum)
+    rare = {name for name, names in files.items() if len(names) < minimum}
+    if not rare:
+        return candidates, [], classes
+    kept = [name for name in classes if name not in rare]
+    new_id = {classes.index(name): index for index, name in enumerate(kept)}
+    rejected = [Rejected(c.filename, "rare_class",
+                         f"class {classes[c.label]!r} has {len(files[classes[c.label]])} "
+                         f"image(s), fewer than preprocess.min_images_per_class = {minimum}")
+                for c in candidates if classes[c.label] in rare]
+    return [replace(c, label=new_id[c.label]) for c in candidates if c.label in new_id], \
+        rejected, kept

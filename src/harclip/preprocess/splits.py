@@ -1,0 +1,62 @@
+"""The train / val / test split: seeded and stratified per class with byte-identical images
+on one side, or the one the dataset's CSV gives."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from harclip.config.schema import PreprocessConfig
+from harclip.data.cache import SPLITS, CacheItem
+from harclip.preprocess.inputs import Candidate
+from harclip.runtime.log import log
+
+
+def assign_splits(labels: Sequence[int], hashes: Sequence[str], val_fraction: float,
+                  test_fraction: float, seed: int) -> np.ndarray:
+    """Each item's split (an index into SPLITS): stratified per class, byte-identical files
+    kept together.
+
+    Groups of identical content are shuffled per class with a seeded generator and given to
+    test, then val, while they fit in that class's share; the rest train. The result depends
+    only on the inputs.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, digest in enumerate(hashes):
+        groups[digest].append(index)
+    by_class: dict[int, list[list[int]]] = defaultdict(list)
+    for members in groups.values():
+        majority = Counter(labels[i] for i in members).most_common(1)[0][0]
+        by_class[majority].append(members)
+    split = np.zeros(len(labels), dtype=np.int64)
+    for class_id, class_groups in sorted(by_class.items()):
+        class_groups.sort(key=lambda members: members[0])
+        rng = np.random.default_rng([seed, class_id])
+        size = sum(len(g) for g in class_groups)
+        room = {2: round(test_fraction * size), 1: round(val_fraction * size)}
+        for position in rng.permutation(len(class_groups)):
+            members = class_groups[position]
+            side = next((s for s in (2, 1) if len(members) <= room[s]), 0)
+            if side:
+                room[side] -= len(members)
+                split[members] = side
+    return split
+
+
+def choose_splits(config: PreprocessConfig, candidates: list[Candidate],
+                  items: list[CacheItem]) -> np.ndarray:
+    """The CSV's own splits where it gives them, else a seeded stratified split."""
+    if not candidates[0].split:
+        return assign_splits([i.label for i in items], [i.sha256 for i in items],
+                             config.val_fraction, config.test_fraction, config.seed)
+    split_of = np.asarray([SPLITS.index(c.split) for c in candidates])
+    sides: dict[str, set] = defaultdict(set)
+    for item, side in zip(items, split_of, strict=True):
+        sides[item.sha256].add(int(side))
+    straddling = sum(1 for s in sides.values() if len(s) > 1)
+    if straddling:
+        log.warning("preprocess: %d byte-identical images sit in more than one of the "
+                    "given splits", straddling)
+    return split_of

@@ -1,0 +1,98 @@
+"""The machine: which device a run uses, its precision, its clocks and peak memory, and a
+one-line description for recorded results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+from pathlib import Path
+
+import torch
+
+from harclip.runtime.errors import StageError
+
+PROC_SELF = Path("/proc/self")
+
+
+def describe() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        kib = int(meminfo.read_text().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB RAM"
+    gpu = f", GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{len(os.sched_getaffinity(0))} CPU cores ({cpu}){memory}{gpu}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device `name` means, a GPU always with its index: tensors moved to
+    `torch.device("cuda")` report `cuda:0`, and the two do not compare equal."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StageError(f"device {name!r} asked for, but no CUDA GPU is visible; "
+                         f"set device: auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def enable_tf32(device: torch.device) -> None:
+    """On a GPU, TF32 for the fp32 matmuls that run outside autocast (the fp32 class head,
+    the loss): same range as fp32, several times the throughput on tensor cores. The
+    long-standing switch: torch 2.9's `fp32_precision` settings make the older getters, which
+    Inductor's autotuning still calls, raise."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (before reading a clock)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this epoch's peak: CUDA's allocator statistics, or on Linux the peak resident set
+    (VmHWM; getrusage's ru_maxrss would also count the memory of the process this one was
+    forked from, a 4 GB test runner say)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        (PROC_SELF / "clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory since `reset_peak_memory`; on CPU, the peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        status = (PROC_SELF / "status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,117 @@
+"""The plot stage: valid figures and the study's tables, confusion figures sized for the number
+of classes, a missing input named with its stage, README's results block filled from the
+summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from dvclive import Live
+from PIL import Image
+
+from harclip.config.schema import METHODS, PlotConfig
+from harclip.data.layout import CLASS_NAMES
+from harclip.data.records import SERIES
+from harclip.plot.stage import plot
+from harclip.runtime.errors import StageError
+from tests.support.params import shipped
+
+
+def _fabricate_results(root, classes=CLASS_NAMES):
+    """What the training stages (through DVCLive) and the evaluate stages write."""
+    rng = np.random.default_rng(1)
+    for name in METHODS:
+        live = Live(str(root / "logs" / name), dvcyaml=False, save_dvc_exp=False)
+        for epoch in range(1, 4):
+            live.step = epoch
+            values = {"train_loss": 2 / epoch, "train_image_text_loss": 0.0,
+                      "train_acc": 0.2 * epoch, "val_loss": 2.2 / epoch,
+                      "val_acc": 0.18 * epoch, "epoch_time_s": 10.5,
+                      "refresh_time_s": 0.5 if name == "aclip" else 0.0,
+                      "images_per_s": 300.0, "peak_memory_mb": 1000.0, "lr": 1e-3,
+                      "val_time_s": 0.4, "save_time_s": 0.2}
+            for series, field in SERIES.items():
+                live.log_metric(series, values[field])
+        live.end()
+        (root / "logs" / name / "run.json").write_text(json.dumps({
+            "best_val_acc": 0.54, "best_epoch": 3, "mean_epoch_time_s": 10.5,
+            "first_epoch_time_s": 30.0, "mean_refresh_time_s": 0.0,
+            "mean_images_per_s": 300.0, "peak_memory_mb": 1000.0, "device": "cpu",
+            "hardware": "2 CPU cores (test)"}))
+        (root / "metrics" / name).mkdir(parents=True)
+        scores = {"val": {"accuracy": 0.54, "macro_f1": 0.5, "top5_accuracy": 0.9},
+                  "test": {"accuracy": 0.51, "macro_f1": 0.49, "top5_accuracy": 0.88}}
+        (root / "metrics" / name / "report.json").write_text(json.dumps({
+            "classes": list(classes), "predictions_split": "test", "scores": scores}))
+        with open(root / "metrics" / name / "predictions.csv", "w") as handle:
+            handle.write("actual,predicted\n")
+            for _ in range(60):
+                handle.write(f"{rng.choice(classes)},{rng.choice(classes)}\n")
+
+
+def test_plot_writes_valid_figures_and_the_studys_tables(tmp_path):
+    _fabricate_results(tmp_path)
+    plot(PlotConfig(dpi=60), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
+    names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert names == sorted([f"{m}_{kind}.png" for m in METHODS for kind in ("curves",
+                                                                            "confusion")]
+                           + ["compare_speed_memory.png", "compare_val_accuracy.png"])
+    for path in (tmp_path / "plots").glob("*.png"):
+        with Image.open(path) as image:
+            image.verify()
+            assert image.size[0] > 200
+    summary = (tmp_path / "plots" / "summary.md").read_text()
+    assert "| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch" in summary
+    for label in ("**CLIP**", "**SigLIP**", "**A-CLIP**"):
+        assert f"| {label} | 54.0% | 51.0% | 3 | 10.5 s | 30.0 s | 0.98 GiB | 300 img/s | " \
+               f"0.490 | 88.0% | — |" in summary
+    assert "Measured on 2 CPU cores (test)." in summary
+    epochs = (tmp_path / "plots" / "epochs.md").read_text()
+    assert epochs.count("| Epoch | Train Acc | Val Acc | Time (s) |") == 3
+    assert "| 3 | 0.600 | 0.540 | 10.5 | 1000 |" in epochs
+    assert "| 3 | 0.600 | 0.540 | 10.5 | 0.5 | 1000 |" in epochs  # A-CLIP's refresh column
+    confusions = (tmp_path / "plots" / "confusions.md").read_text()
+    assert confusions.count("most frequent confusions (test split)") == 3
+
+
+def test_confusion_figures_grow_with_the_number_of_classes(tmp_path):
+    sizes = {}
+    for count in (5, 40):
+        classes = [f"class_{i:02d}" for i in range(count)]
+        root = tmp_path / str(count)
+        _fabricate_results(root, classes)
+        plot(PlotConfig(dpi=50), root / "logs", root / "metrics", root / "plots")
+        with Image.open(root / "plots" / "clip_confusion.png") as image:
+            sizes[count] = image.size
+        table = (root / "plots" / "confusions.md").read_text().splitlines()
+        assert sum(line.startswith("| class_") for line in table) == 3 * 10  # top 10 each
+    assert sizes[40][0] > 2 * sizes[5][0] and sizes[40][1] > 2 * sizes[5][1]
+
+
+def test_plot_names_a_missing_input_and_its_stage(tmp_path):
+    _fabricate_results(tmp_path)
+    (tmp_path / "metrics" / "aclip" / "report.json").unlink()
+    with pytest.raises(StageError, match=r"aclip/report.json: not found; the evaluate@aclip "
+                                         r"stage makes it"):
+        plot(shipped().plot, tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
+    shutil.rmtree(tmp_path / "logs" / "sglip" / "plots")
+    with pytest.raises(StageError, match=r"sglip/plots/metrics/train/loss.tsv: not found.*"
+                                         r"`dvc repro train_sglip`"):
+        plot(shipped().plot, tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
+
+
+def test_readme_results_block_is_filled_from_the_summary(tmp_path):
+    from harclip.plot.tables import splice_results
+
+    (tmp_path / "summary.md").write_text("| Model |\n| CLIP |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nrest\n")
+    splice_results(readme, tmp_path / "summary.md")
+    assert readme.read_text() == ("intro\n<!-- results:start -->\n| Model |\n| CLIP |\n"
+                                  "<!-- results:end -->\nrest\n")
+    readme.write_text("no markers")
+    with pytest.raises(StageError, match="no <!-- results:start -->"):
+        splice_results(readme, tmp_path / "summary.md")
