@@ -1,6 +1,6 @@
 """Every entry point answers `--help` and a bad argument from argparse alone: torch, open_clip,
-timm, DVC(Live), transformers, scikit-learn, matplotlib and vl-convert are imported only once
-there is work to do (each takes up to seconds to import)."""
+timm, DVC(Live), transformers, scikit-learn, matplotlib, torchmetrics and vl-convert are
+imported only once there is work to do (each takes up to seconds to import)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ENTRY_POINTS = ("config", "download", "preprocess", "train", "evaluate", "plot",
 
 
 HEAVY = ("torch", "open_clip", "timm", "dvclive", "transformers", "sklearn", "matplotlib",
-         "dvc", "vl_convert")
+         "torchmetrics", "dvc", "vl_convert")
 
 
 PROBE = """

@@ -20,7 +20,7 @@ from harclip.config.schema import METHODS
 from harclip.data.cache import load_split
 from harclip.data.layout import CLASS_NAMES, IMAGE_DIR, LABELS_CSV, write_labels_csv
 from harclip.data.synthetic.scenes import render
-from harclip.evaluate.baselines import zero_shot_accuracy
+from harclip.evaluate.baselines import zero_shot_scores
 from harclip.model.feed import CachedSplit
 from harclip.preprocess.stage import preprocess
 from harclip.train import stage as train_stage
@@ -61,7 +61,7 @@ def test_fine_tuning_the_pretrained_start_beats_its_zero_shot(demo_cache, method
     config = replace(config, epochs=4, prompt_names={
         name: phrase for name, phrase in config.prompt_names.items() if name in CLASSES})
     val = CachedSplit(*load_split(root / "cache", "val"), torch.device("cpu"))
-    start = zero_shot_accuracy(config, list(CLASSES), {"val": val}, 256)["val"]
+    start = zero_shot_scores(config, list(CLASSES), {"val": val}, 256)[0]["val"]
     metrics = train_stage.run(method, config, root / "cache", root / "models", root / "logs",
                               root / "resume")
     assert start > 0.3  # the pretrained start knows the actions' words (chance: 0.2)

@@ -42,7 +42,8 @@ def _check_training_outputs(root) -> None:
 
 
 HEADLINE_COLUMNS = {f"{method}.{key}" for method in ("clip", "sglip", "aclip")
-                    for key in (*HEADLINE, "val_acc", "test_acc", "test_f1", "test_top5")}
+                    for key in (*HEADLINE, "val_acc", "test_acc", "test_f1", "test_top5",
+                                "test_ece")}
 
 
 def _flat(shown: dict) -> set[str]:
@@ -142,6 +143,10 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     assert metrics == HEADLINE_COLUMNS | wise | {"step"}  # none per class, no hardware strings
     assert all(isinstance(rows["sglip-lr"][key], float | int) for key in rows["sglip-lr"]
                if key.split(":")[-1] in metrics)
+    shown = subprocess.run([sys.executable, "-m", "harclip.experiments", "show"], cwd=tmp_path,
+                           env=project.env, capture_output=True, text=True, check=True).stdout
+    experiment = next(line for line in shown.splitlines() if line.startswith("| sglip-lr |"))
+    assert experiment.count(" ms (") == 3  # each model's inference cost, from its report.json
     table = subprocess.run([str(BIN / "dvc"), "exp", "show", "--only-changed", "--no-pager"],
                            cwd=tmp_path, env={**project.env, "COLUMNS": "160"},
                            capture_output=True, text=True, check=True).stdout

@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score
 
 from harclip.config.schema import TrainConfig
 from harclip.model.backbones import preprocessing_of
+from harclip.model.calibration import calibration_report, fit_temperature
 from harclip.model.classifier import HarClassifier, build_model
 from harclip.model.feed import CachedSplit
 from harclip.model.scoring import split_logits
@@ -42,11 +43,23 @@ def accuracies(model: HarClassifier, splits: dict[str, CachedSplit], batch_size:
             for name, split in splits.items()}
 
 
-def zero_shot_accuracy(config: TrainConfig, class_names: list[str],
-                       splits: dict[str, CachedSplit], batch_size: int) -> dict[str, float]:
-    """Accuracy per split of the zero-shot model (`zero_shot_model`), on its tag's own view."""
+def zero_shot_scores(config: TrainConfig, class_names: list[str],
+                     splits: dict[str, CachedSplit], batch_size: int
+                     ) -> tuple[dict[str, float], dict]:
+    """The zero-shot model's (`zero_shot_model`) accuracy per split, on its tag's own view,
+    and its calibration on the held-out split (test, else val) before and after a temperature
+    fitted on val."""
     model = zero_shot_model(config, class_names).to(next(iter(splits.values())).device)
-    return accuracies(model, splits, batch_size, preprocessing_of(model.clip))
+    view = preprocessing_of(model.clip)
+    logits = {name: torch.from_numpy(logits_of(model, split, batch_size, view))
+              for name, split in splits.items()}
+    labels = {name: split.labels.cpu() for name, split in splits.items()}
+    accuracy = {name: float(accuracy_score(labels[name], logits[name].argmax(dim=1)))
+                for name in splits}
+    held_out = "test" if "test" in splits else "val"
+    temperature = fit_temperature(logits["val"], labels["val"])
+    return accuracy, {"split": held_out, **calibration_report(logits[held_out], labels[held_out],
+                                                              temperature)}
 
 
 def wise_ft(fine_tuned: HarClassifier, config: TrainConfig, class_names: list[str],

@@ -6,10 +6,12 @@ ever read, gives the honest figure. Uses all tokens, the deterministic view and 
 checkpoint's own preprocessing (input size, mean, std).
 
 Writes metrics/<name>/eval.json (the few numbers `dvc metrics diff` and `dvc exp show`
-compare, under the model's name: val accuracy, and test accuracy, macro-F1 and top-5
-accuracy; on val without a test split), metrics/<name>/report.json (every score per split,
-per-class accuracy, class names, image counts and the untouched pretrained backbone's
-zero-shot accuracy, the epoch-0 baseline) and metrics/<name>/predictions.csv (actual and
+compare, under the model's name: val accuracy, and test accuracy, macro-F1, top-5 accuracy
+and calibration error after the checkpoint's temperature; on val without a test split),
+metrics/<name>/report.json (every score per split, per-class accuracy, class names, image
+counts, calibration before and after the temperature with the reliability diagram's bins,
+inference cost on this device, and the untouched pretrained backbone's zero-shot accuracy
+and calibration, the epoch-0 baseline) and metrics/<name>/predictions.csv (actual and
 predicted class per test image, or per val image without a test split: DVC's confusion plots
 read it).
 """
@@ -18,17 +20,23 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
+import numpy as np
+import torch
 from pydantic import ValidationError
 
 from harclip.config.schema import EvaluateConfig, TrainConfig
 from harclip.data.cache import CACHE_DIR, load_split
-from harclip.evaluate.baselines import logits_of, wise_ft, zero_shot_accuracy
+from harclip.evaluate.baselines import wise_ft, zero_shot_scores
+from harclip.evaluate.inference import inference_cost, timed_logits, warm_up
 from harclip.evaluate.metrics import classification_metrics, headline_metrics
+from harclip.model.calibration import calibration_report
 from harclip.model.checkpoints import load_checkpoint
 from harclip.model.feed import CachedSplit
-from harclip.runtime.devices import resolve_device
+from harclip.model.views import DeviceAugment
+from harclip.runtime.devices import autocast_dtype, resolve_device
 from harclip.runtime.errors import StageError
 from harclip.runtime.log import log
 
@@ -51,12 +59,20 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
     scores, report = {}, {"model": meta["model"], "checkpoint_epoch": meta["epoch"],
                           "classes": class_names, "images": {}, "per_class_accuracy": {},
                           "classes_scored": {}}
+    view, dtype = DeviceAugment.for_eval(meta), autocast_dtype("auto", device)  # one view:
+    # its mean and std go to the device once, in the warm-up or the val pass, not in a timed one
+    started = time.perf_counter()
+    if "test" not in splits:  # the val pass is the timed one (else val warms up for test)
+        warm_up(model, splits["val"], view, config.batch_size, dtype)
+    timing_s = time.perf_counter() - started
+    logits_by_split, seconds = {}, {}
     for split, data in splits.items():
         labels = data.labels.cpu().numpy()
         if labels.max(initial=0) >= len(class_names):
             raise StageError(f"{cache_dir}: labels up to {labels.max()} but {checkpoint} "
                              f"knows {len(class_names)} classes; retrain on this cache")
-        logits = logits_of(model, data, config.batch_size, meta)
+        logits, seconds[split] = timed_logits(model, data, view, config.batch_size, dtype)
+        logits_by_split[split] = logits
         scores[split], report["per_class_accuracy"][split] = \
             classification_metrics(labels, logits, class_names)
         report["images"][split] = len(labels)
@@ -64,17 +80,27 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
         shown = (split, labels, logits.argmax(axis=1))  # the last: test when there is one
     train_config = trained_with(meta, checkpoint)
     report.update(pretrained=train_config.pretrained, scores=scores, predictions_split=shown[0])
+    started = time.perf_counter()
+    report["calibration"] = calibration(logits_by_split, splits, meta, name)
+    calibration_s = time.perf_counter() - started
     if config.zero_shot and train_config.pretrained:
-        report["zero_shot_accuracy"] = zero_shot_accuracy(train_config, class_names, splits,
-                                                          config.batch_size)
-    metrics = headline_metrics(scores)
+        report["zero_shot_accuracy"], report["zero_shot_calibration"] = zero_shot_scores(
+            train_config, class_names, splits, config.batch_size)
+    held_out = report["calibration"]["split"]
+    started = time.perf_counter()
+    report["inference"] = inference_cost(model, splits[held_out], seconds[held_out], view,
+                                         config.batch_size, dtype,
+                                         report["calibration"]["temperature"])
+    timing_s += time.perf_counter() - started
+    log.info("evaluate %s: calibration %.2f s, inference timing %.2f s (the latency; the "
+             "throughput is the %s pass's own)", name, calibration_s, timing_s, held_out)
+    metrics = headline_metrics(scores) | {f"{held_out}_ece": report["calibration"]["ece_after"]}
     if config.wise_alphas and not train_config.pretrained:
         log.info("evaluate %s: no WiSE-FT: it mixes the fine-tuned weights with the "
                  "pretrained start's, and this run started from scratch", name)
     elif config.wise_alphas:
         report["wise_ft"] = wise_ft(model, train_config, class_names, splits,
                                     config.wise_alphas, config.batch_size, meta)
-        held_out = "test" if "test" in splits else "val"
         alpha = max(report["wise_ft"], key=lambda a: report["wise_ft"][a]["val"])
         metrics |= {"wise_alpha": float(alpha),
                     f"wise_{held_out}_acc": report["wise_ft"][alpha][held_out]}
@@ -93,6 +119,24 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
                  f", top-5 {split_scores['top5_accuracy']:.3f}"
                  if "top5_accuracy" in split_scores else "")
     return metrics
+
+
+def calibration(logits: dict[str, np.ndarray], splits: dict[str, CachedSplit], meta: dict,
+                name: str) -> dict:
+    """report.json's `calibration`: ECE, NLL and the reliability diagram's bins on the held-out
+    split (test, else val, on which the temperature was fitted) before and after the
+    checkpoint's temperature, which training fitted on val: what predict reports. A
+    checkpoint saved before temperatures were has none, and predict's probabilities are
+    uncalibrated (T = 1)."""
+    temperature = meta.get("temperature")
+    if temperature is None:
+        log.info("evaluate %s: the checkpoint records no temperature (saved before they "
+                 "were): its probabilities are scored as predict gives them, uncalibrated",
+                 name)
+        temperature = 1.0
+    held_out = "test" if "test" in splits else "val"
+    return {"split": held_out, **calibration_report(torch.from_numpy(logits[held_out]),
+                                                    splits[held_out].labels.cpu(), temperature)}
 
 
 def trained_with(meta: dict, checkpoint: Path) -> TrainConfig:

@@ -55,7 +55,8 @@ def main() -> None:
                               "alike (default: the current one)")
     args = cli.parse_args()
     if args.command == "show":
-        sys.stdout.write(report.show_table(report.finished_runs(args.revs)))
+        sys.stdout.write(report.show_table(report.with_inference(
+            report.finished_runs(args.revs))))
     elif args.command == "seeds":
         queue_seeds(PARAMS_FILE, args.seeds, args.jobs)
     elif args.command == "ablation":

@@ -1,5 +1,6 @@
 """Class logits on the deterministic view, all tokens: what validation during training, the
-evaluate stage and predict compute, one function for all three."""
+evaluate stage and predict compute, one function for all three; and the probabilities predict
+reports, calibrated by the checkpoint's temperature."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def image_logits(model: nn.Module, images: torch.Tensor, view: DeviceAugment,
     resized whole to the model's input and normalised as `view` says."""
     with autocast(images.device, dtype):
         return model(view.eval(images)).float()
+
+
+def probabilities(model: nn.Module, images: torch.Tensor, view: DeviceAugment,
+                  dtype: torch.dtype | None, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / temperature) of a uint8 batch (see `harclip.model.calibration`)."""
+    return (image_logits(model, images, view, dtype) / temperature).softmax(dim=1)
 
 
 @torch.no_grad()

@@ -123,3 +123,34 @@ def plot_wise_ft(reports: dict[str, dict], path: Path, dpi: int) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     fig.savefig(path, dpi=dpi)
+
+
+def plot_reliability(name: str, calibration: dict, path: Path, dpi: int) -> None:
+    """The reliability diagram before and after the temperature: each bin of the top-1
+    confidence with its accuracy (bars), the gap to its mean confidence (red), the diagonal
+    where the two are equal, and each bin's share of the images (grey, beneath)."""
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for axis, when in zip(axes, ("before", "after"), strict=True):
+        bins = calibration["reliability"][when]
+        width = 1 / bins["bins"]
+        confidence, accuracy = np.asarray(bins["confidence"]), np.asarray(bins["accuracy"])
+        left = np.minimum(np.floor(confidence * bins["bins"]), bins["bins"] - 1) * width
+        share = np.asarray(bins["images"]) / max(1, sum(bins["images"]))
+        axis.bar(left, accuracy, width=width, align="edge", color=COLOURS[name], alpha=0.85,
+                 edgecolor="white", label="accuracy in the bin")
+        axis.bar(left, np.abs(confidence - accuracy), bottom=np.minimum(confidence, accuracy),
+                 width=width, align="edge", color="#d62728", alpha=0.3, edgecolor="#d62728",
+                 label="gap to its mean confidence")
+        axis.bar(left, share, width=width, align="edge", color="grey", alpha=0.5,
+                 label="share of the images")
+        axis.plot([0, 1], [0, 1], ":", color="black", label="calibrated")
+        temperature = "" if when == "before" else f", T = {calibration['temperature']:.2f}"
+        axis.set(title=f"{LABELS[name]} {when} temperature scaling{temperature}\n"
+                       f"ECE {calibration[f'ece_{when}']:.3f}, NLL "
+                       f"{calibration[f'nll_{when}']:.3f} ({calibration['split']} split)",
+                 xlabel="top-1 confidence", xlim=(0, 1), ylim=(0, 1))
+        axis.grid(alpha=0.3)
+    axes[0].set(ylabel="accuracy")
+    axes[0].legend(loc="upper left", fontsize="small")
+    fig.savefig(path, dpi=dpi)

@@ -16,7 +16,7 @@ from pathlib import Path
 from harclip.config.schema import METHODS, PlotConfig
 from harclip.data import records
 from harclip.plot import figures
-from harclip.plot.tables import confusions_table, epochs_table, summary_table
+from harclip.plot.tables import confusions_table, epochs_table, measured_on, summary_table
 from harclip.runtime.errors import StageError
 from harclip.runtime.log import log
 
@@ -59,6 +59,9 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
         counts = figures.plot_confusion(name, predictions, classes, split,
                                         out_dir / f"{name}_confusion.png", config.dpi)
         confusions.append(confusions_table(name, counts, classes, split))
+        if "calibration" in reports[name]:
+            figures.plot_reliability(name, reports[name]["calibration"],
+                                     out_dir / f"{name}_reliability.png", config.dpi)
     hardware = train[METHODS[0]].get("hardware", "unknown hardware")
     figures.plot_val_accuracy(epochs, len(reports[METHODS[0]]["classes"]),
                               out_dir / "compare_val_accuracy.png", config.dpi)
@@ -67,6 +70,6 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
         figures.plot_wise_ft(reports, out_dir / "wise_ft.png", config.dpi)
     (out_dir / "epochs.md").write_text("\n".join(epochs_table(n, epochs[n]) for n in METHODS))
     (out_dir / "confusions.md").write_text("\n".join(confusions))
-    (out_dir / "summary.md").write_text(summary_table(train, reports)
-                                        + f"\nMeasured on {hardware}.\n")
+    (out_dir / "summary.md").write_text(summary_table(train, reports) + "\n"
+                                        + measured_on(hardware, reports))
     log.info("plot: figures and tables in %s", out_dir)

@@ -50,12 +50,25 @@ def _percent(scores: dict, split: str, key: str = "accuracy") -> str:
     return "—" if value is None else f"{value:.1%}"
 
 
+def _calibration(report: dict) -> str:
+    calibration = report.get("calibration")
+    return "—" if calibration is None else f"{calibration['ece_after']:.3f}"
+
+
+def _inference(report: dict) -> str:
+    inference = report.get("inference")
+    return "—" if inference is None else \
+        f"{inference['img_s']:,.0f} img/s, {inference['latency_ms_p50']:.1f} ms"
+
+
 def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
     """The study's summary columns (validation accuracy, as it reported), the held-out test
-    accuracy, and steady-state speed and memory."""
+    accuracy, steady-state training speed and memory, and what the user weighs next: the
+    calibration error after temperature scaling and what inference costs."""
     lines = ["| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | "
-             "Peak Memory | Throughput | Test Macro-F1 | Test Top-5 | Zero-shot (test) |",
-             "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: |"]
+             "Peak Memory | Training Throughput | Test Macro-F1 | Test Top-5 | Zero-shot (test) | "
+             "Test ECE | Inference |",
+             "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: |"]
     for name, metrics in train.items():
         scores = reports[name]["scores"]
         held_out = "test" if "test" in scores else "val"
@@ -69,8 +82,23 @@ def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
             f"{metrics['peak_memory_mb'] / 1024:.2f} GiB | "
             f"{metrics['mean_images_per_s']:.0f} img/s | "
             f"{scores[held_out]['macro_f1']:.3f} | {_percent(scores, held_out, 'top5_accuracy')}"
-            f" | {'—' if held_out not in zero_shot else f'{zero_shot[held_out]:.1%}'} |")
+            f" | {'—' if held_out not in zero_shot else f'{zero_shot[held_out]:.1%}'} | "
+            f"{_calibration(reports[name])} | {_inference(reports[name])} |")
     return "\n".join(lines) + "\n"
+
+
+def measured_on(hardware: str, reports: dict[str, dict]) -> str:
+    """The table's footnote: what the columns measured, training on which hardware, and
+    inference at which batch size on which devices."""
+    timed = {(r["inference"]["batch_size"], r["inference"]["device"]) for r in reports.values()
+             if "inference" in r}
+    batches = " or ".join(sorted({str(batch) for batch, _ in timed}))
+    devices = "; ".join(sorted({device for _, device in timed}))
+    inference = "" if not timed else \
+        f" Test ECE: the expected calibration error (15 bins) on test after temperature " \
+        f"scaling. Inference: images per second at batch {batches} and one image's median " \
+        f"latency, on {devices}."
+    return f"Training measured on {hardware}.{inference}\n"
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

@@ -17,7 +17,7 @@ import torch
 
 from harclip.data.decode import BadImage, decode
 from harclip.model.classifier import HarClassifier
-from harclip.model.scoring import image_logits
+from harclip.model.scoring import probabilities
 from harclip.model.views import DeviceAugment
 from harclip.runtime.devices import autocast_dtype
 
@@ -56,8 +56,11 @@ def image_files(inputs: list[Path]) -> list[Path]:
 def classify(model: HarClassifier, meta: dict, files: list[Path], top_k: int = 3,
              batch_size: int = 64, fit: str = "crop", device: torch.device | None = None
             ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
-    """Top-k actions with probabilities per image, and the files skipped with the reason."""
+    """Top-k actions with probabilities per image, and the files skipped with the reason. The
+    probabilities are softmax(logits / T) with the checkpoint's temperature T (fitted on val
+    when training published it; 1 for a checkpoint saved before temperatures were)."""
     device = device or torch.device("cpu")
+    temperature = meta.get("temperature", 1.0)
     model.eval().to(device)
     augment = DeviceAugment.for_eval(meta)
     names = meta["class_names"]
@@ -68,9 +71,8 @@ def classify(model: HarClassifier, meta: dict, files: list[Path], top_k: int = 3
 
     def flush() -> None:
         images = torch.from_numpy(np.stack([array for _, array in batch])).to(device)
-        logits = image_logits(model, images, augment, autocast_dtype("auto", device))
-        probabilities = logits.softmax(dim=1).cpu()
-        best = probabilities.topk(k, dim=1)
+        best = probabilities(model, images, augment, autocast_dtype("auto", device),
+                             temperature).cpu().topk(k, dim=1)
         predictions.extend(
             Prediction(str(path), [names[i] for i in indices.tolist()], values.tolist())
             for (path, _), values, indices in zip(batch, best.values, best.indices,

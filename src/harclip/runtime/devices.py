@@ -16,14 +16,24 @@ from harclip.runtime.errors import StageError
 PROC_SELF = Path("/proc/self")
 
 
-def describe() -> str:
-    cpu = platform.processor() or platform.machine()
+def _cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """What a figure measured on `device` ran on: the GPU's name, or the CPU cores'."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"{len(os.sched_getaffinity(0))} CPU cores ({_cpu_model()})"
+
+
+def describe() -> str:
+    cpu = _cpu_model()
     memory = ""
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import asdict
 
 import numpy as np
@@ -17,9 +18,11 @@ from harclip.data.cache import CacheItem, load_split, write_cache
 from harclip.data.layout import CLASS_NAMES
 from harclip.evaluate import baselines
 from harclip.evaluate import stage as evaluate_stage
+from harclip.evaluate.baselines import logits_of
 from harclip.evaluate.metrics import classification_metrics
 from harclip.evaluate.stage import evaluate
 from harclip.model.backbones import create_backbone, preprocessing_of
+from harclip.model.calibration import fit_temperature
 from harclip.model.checkpoints import load_checkpoint, save_checkpoint
 from harclip.model.classifier import build_model
 from harclip.model.feed import CachedSplit
@@ -82,7 +85,7 @@ def test_evaluate_scores_val_and_test_and_agrees_with_sklearn(tmp_path):
     out = tmp_path / "metrics" / "clip"
     saved = json.loads((out / "eval.json").read_text())
     assert saved == {"clip": json.loads(json.dumps(metrics))}  # under the model's name
-    assert set(metrics) == {"val_acc", "test_acc", "test_f1", "test_top5"}
+    assert set(metrics) == {"val_acc", "test_acc", "test_f1", "test_top5", "test_ece"}
     assert all(isinstance(v, float) for v in metrics.values())  # numbers only
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -101,6 +104,37 @@ def test_evaluate_scores_val_and_test_and_agrees_with_sklearn(tmp_path):
     # backbone's zero-shot accuracy is the same number.
     for split in ("val", "test"):
         assert report["zero_shot_accuracy"][split] == pytest.approx(metrics[f"{split}_acc"])
+    # Calibration on test. The checkpoint records no temperature (as one saved before they
+    # were), so its probabilities are scored as predict gives them: T = 1. The zero-shot
+    # start, the same logits, gets its own temperature, fitted on val.
+    calibration, zero_shot = report["calibration"], report["zero_shot_calibration"]
+    assert calibration["split"] == zero_shot["split"] == "test"
+    assert metrics["test_ece"] == calibration["ece_after"] == calibration["ece_before"]
+    assert calibration["temperature"] == 1.0 and zero_shot["ece_before"] == pytest.approx(
+        calibration["ece_before"], rel=1e-9)
+    model, meta = load_checkpoint(tmp_path / "models" / "clip.pt")
+    val = CachedSplit(*load_split(tmp_path / "cache", "val"), CPU)
+    assert zero_shot["temperature"] == pytest.approx(fit_temperature(
+        torch.from_numpy(logits_of(model, val, 7, meta)), val.labels), rel=1e-4)
+    assert sum(calibration["reliability"]["after"]["images"]) == 20
+    inference = report["inference"]
+    assert re.fullmatch(r"\d+ CPU cores \(.+\)", inference["device"])  # the hardware named
+    assert inference["batch_size"] == 7 and inference["img_s"] > 0
+    assert 0 < inference["latency_ms_p50"] <= inference["latency_ms_p95"]
+
+
+def test_evaluate_scores_the_probabilities_with_the_checkpoints_temperature(tmp_path):
+    """What predict reports: softmax(logits / T) with the T training stored, not a new one."""
+    _cache(tmp_path / "cache")
+    _checkpoint(tmp_path / "models", "clip")
+    path = tmp_path / "models" / "clip.pt"
+    torch.save({**torch.load(path, weights_only=True), "temperature": 2.5}, path)
+    metrics = evaluate("clip", evaluate_config(wise_alphas=()), tmp_path / "cache",
+                       tmp_path / "models", tmp_path / "metrics")
+    calibration = json.loads((tmp_path / "metrics" / "clip" / "report.json").read_text())[
+        "calibration"]
+    assert calibration["temperature"] == 2.5 and metrics["test_ece"] == calibration["ece_after"]
+    assert calibration["nll_after"] != calibration["nll_before"]
 
 
 def test_without_a_test_split_evaluate_reports_val_alone(tmp_path):
@@ -108,9 +142,9 @@ def test_without_a_test_split_evaluate_reports_val_alone(tmp_path):
     _checkpoint(tmp_path / "models", "clip")
     metrics = evaluate("clip", evaluate_config(wise_alphas=()), tmp_path / "cache",
                        tmp_path / "models", tmp_path / "metrics")
-    assert set(metrics) == {"val_acc", "val_f1", "val_top5"}
+    assert set(metrics) == {"val_acc", "val_f1", "val_top5", "val_ece"}
     report = json.loads((tmp_path / "metrics" / "clip" / "report.json").read_text())
-    assert report["predictions_split"] == "val"
+    assert report["predictions_split"] == "val" and report["calibration"]["split"] == "val"
 
 
 def test_evaluate_without_a_checkpoint_names_it_and_the_stage_that_makes_it(tmp_path):
@@ -210,7 +244,7 @@ def test_zero_shot_baseline_uses_the_pretrained_tags_normalisation(fake_tag, sma
                         classmethod(lambda cls, p: seen.append(p) or original(p)))
     images, labels = load_split(small_cache, "val")
     config = train_config(model="harclip-tiny-siglip", pretrained="webli")
-    accuracy = baselines.zero_shot_accuracy(config, list(CLASS_NAMES),
-                                            {"val": CachedSplit(images, labels, CPU)}, 64)
+    accuracy, _ = baselines.zero_shot_scores(config, list(CLASS_NAMES),
+                                             {"val": CachedSplit(images, labels, CPU)}, 64)
     assert 0.0 <= accuracy["val"] <= 1.0
     assert [p["mean"] for p in seen] == [list(SIGLIP_MEAN)]

@@ -4,6 +4,8 @@ seeds paired, one run per seed, old commits' rows (every key per model) alike.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from matplotlib.container import BarContainer
@@ -110,17 +112,37 @@ def test_stages_run_the_projects_own_code_not_the_installed_copy(tmp_path):
 
 
 def test_show_lists_the_params_that_differ_and_every_models_headline():
-    baseline = _run({"clip.test_acc": 0.5, "clip.val_acc": 0.55, "clip.epoch_s": 12.34,
-                     "clip.peak_mb": 980.2}, {}, typ="baseline", prefix="metrics/clip/eval.json:")
+    baseline = _run({"clip.test_acc": 0.5, "clip.val_acc": 0.55, "clip.test_ece": 0.03124,
+                     "clip.epoch_s": 12.34, "clip.peak_mb": 980.2}, {}, typ="baseline",
+                    prefix="metrics/clip/eval.json:")
+    baseline["clip.inference"] = "1,234 img/s, 2.5 ms (cpu)"  # `with_inference`
     faster = _run({"clip.test_acc": 0.61, "clip.epoch_s": 9.0}, {"train_clip.lr": 5e-4})
     faster["Experiment"] = "lr-5e-4"
     table = report.show_table([baseline, faster]).splitlines()
     assert table[0].startswith("| run | train_clip.lr | CLIP test % | CLIP val % | "
-                               "CLIP s/epoch | CLIP MB | SigLIP test %")
+                               "CLIP test ECE | CLIP s/epoch | CLIP MB | CLIP inference | "
+                               "SigLIP test %")
     lr = _params_row()["train.lr"]
-    assert table[2].startswith(f"| abc (commit) | {lr} | 50.0 | 55.0 | 12.3 | 980 | — |")
-    assert table[3].startswith("| lr-5e-4 | 0.0005 | 61.0 | — | 9.0 | — |")
+    assert table[2].startswith(f"| abc (commit) | {lr} | 50.0 | 55.0 | 0.031 | 12.3 | 980 | "
+                               f"1,234 img/s, 2.5 ms (cpu) | — |")
+    assert table[3].startswith("| lr-5e-4 | 0.0005 | 61.0 | — | — | 9.0 | — | — |")
     assert all(len(line.split("|")) == len(table[0].split("|")) for line in table)
+
+
+def test_show_reads_each_models_inference_cost_from_its_report_at_the_rows_commit():
+    reports = {("metrics/clip/report.json", "abc"): {"inference": {
+        "img_s": 1234.5, "latency_ms_p50": 2.54, "device": "2 CPU cores (x)"}},
+        ("metrics/sglip/report.json", "abc"): {"scores": {}},  # timed before inference was
+        ("metrics/clip/report.json", "def"): {"inference": {"img_s": 9.0}}}  # incomplete
+
+    def read(path, rev):
+        if (path, rev) not in reports:
+            raise FileNotFoundError(path)
+        return json.dumps(reports[(path, rev)])
+
+    rows = report.with_inference([{"rev": "abc"}, {"rev": "def"}], read)
+    assert rows == [{"rev": "abc", "clip.inference": "1,234 img/s, 2.5 ms (2 CPU cores (x))"},
+                    {"rev": "def"}]
 
 
 def test_the_finetune_sweep_queues_every_arm_but_the_commits_for_the_three_models(monkeypatch):

@@ -45,7 +45,14 @@ def _fabricate_results(root, classes=CLASS_NAMES):
         scores = {"val": {"accuracy": 0.54, "macro_f1": 0.5, "top5_accuracy": 0.9},
                   "test": {"accuracy": 0.51, "macro_f1": 0.49, "top5_accuracy": 0.88}}
         (root / "metrics" / name / "report.json").write_text(json.dumps({
-            "classes": list(classes), "predictions_split": "test", "scores": scores}))
+            "classes": list(classes), "predictions_split": "test", "scores": scores,
+            "calibration": {"split": "test", "temperature": 1.4, "ece_before": 0.08,
+                            "ece_after": 0.031, "nll_before": 1.2, "nll_after": 1.1,
+                            "reliability": {when: {"bins": 15, "confidence": [0.3, 0.9],
+                                                   "accuracy": [0.2, 0.8], "images": [20, 40]}
+                                            for when in ("before", "after")}},
+            "inference": {"device": "2 CPU cores (test)", "batch_size": 256, "img_s": 1234.5,
+                          "latency_ms_p50": 2.54, "latency_ms_p95": 3.1}}))
         with open(root / "metrics" / name / "predictions.csv", "w") as handle:
             handle.write("actual,predicted\n")
             for _ in range(60):
@@ -56,19 +63,23 @@ def test_plot_writes_valid_figures_and_the_studys_tables(tmp_path):
     _fabricate_results(tmp_path)
     plot(PlotConfig(dpi=60), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
     names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert names == sorted([f"{m}_{kind}.png" for m in METHODS for kind in ("curves",
-                                                                            "confusion")]
+    assert names == sorted([f"{m}_{kind}.png" for m in METHODS
+                            for kind in ("curves", "confusion", "reliability")]
                            + ["compare_speed_memory.png", "compare_val_accuracy.png"])
     for path in (tmp_path / "plots").glob("*.png"):
         with Image.open(path) as image:
             image.verify()
             assert image.size[0] > 200
     summary = (tmp_path / "plots" / "summary.md").read_text()
-    assert "| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch" in summary
+    assert "| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | " \
+           "Peak Memory | Training Throughput |" in summary
+    assert "| Zero-shot (test) | Test ECE | Inference |" in summary
     for label in ("**CLIP**", "**SigLIP**", "**A-CLIP**"):
         assert f"| {label} | 54.0% | 51.0% | 3 | 10.5 s | 30.0 s | 0.98 GiB | 300 img/s | " \
-               f"0.490 | 88.0% | — |" in summary
-    assert "Measured on 2 CPU cores (test)." in summary
+               f"0.490 | 88.0% | — | 0.031 | 1,234 img/s, 2.5 ms |" in summary
+    assert "Training measured on 2 CPU cores (test). Test ECE: the expected calibration error " \
+           "(15 bins) on test after temperature scaling. Inference: images per second at batch " \
+           "256 and one image's median latency, on 2 CPU cores (test)." in summary
     epochs = (tmp_path / "plots" / "epochs.md").read_text()
     assert epochs.count("| Epoch | Train Acc | Val Acc | Time (s) |") == 3
     assert "| 3 | 0.600 | 0.540 | 10.5 | 1000 |" in epochs

@@ -120,3 +120,36 @@ def test_predict_computes_as_the_evaluate_stage_does(checkpoint, tmp_path, monke
         by_name = dict(zip(p.labels, p.probabilities, strict=True))
         got = torch.tensor([by_name[name] for name in CLASS_NAMES])
         assert torch.allclose(got, row, atol=1e-6), (got - row).abs().max()
+
+
+def test_probabilities_are_the_softmax_of_the_logits_over_the_stored_temperature(tmp_path):
+    """The checkpoint's temperature calibrates what predict reports, and never changes a
+    class: softmax(logits / T), T read from the file alone; the command line prints them."""
+    from harclip.data.decode import decode
+    from harclip.model.scoring import image_logits
+    from harclip.model.views import DeviceAugment
+
+    torch.manual_seed(0)
+    config = train_config()
+    model, _ = build_model(config)
+    path = tmp_path / "calibrated.pt"
+    save_checkpoint(path, model, config.model, CLASS_NAMES,
+                    {"params": asdict(config), "epoch": 1, "val_acc": 0.1, "temperature": 2.5})
+    photo = _images(tmp_path / "photos", count=1) / "img_0.jpg"
+    loaded, meta = load_checkpoint(path)
+    assert meta["temperature"] == 2.5
+    (prediction,), _ = classify(loaded, meta, [photo], top_k=len(CLASS_NAMES))
+    image = torch.from_numpy(decode(photo.read_bytes(), meta["image_size"], "crop"))[None]
+    with torch.no_grad():
+        logits = image_logits(loaded, image, DeviceAugment.for_eval(meta), None)[0]
+    expected = (logits / 2.5).softmax(dim=0)
+    got = dict(zip(prediction.labels, prediction.probabilities, strict=True))
+    assert torch.allclose(torch.tensor([got[name] for name in CLASS_NAMES]), expected,
+                          atol=1e-6)
+    assert prediction.labels[0] == CLASS_NAMES[int(logits.argmax())]  # the same class
+    assert not torch.allclose(expected, logits.softmax(dim=0), atol=1e-3)  # T matters here
+    shown = subprocess.run([sys.executable, "-m", "harclip.predict", "--model", str(path),
+                            str(photo), "--top-k", "1", "--format", "json"],
+                           capture_output=True, text=True, check=True).stdout
+    assert json.loads(shown)[0]["predictions"][0]["probability"] == pytest.approx(
+        float(expected.max()), abs=1e-6)

@@ -19,9 +19,11 @@ from harclip.model.backbones import (
     preprocessing_of,
     tag_normalisation,
 )
+from harclip.model.calibration import fit_temperature
 from harclip.model.checkpoints import load_checkpoint, save_checkpoint
 from harclip.model.classifier import build_model
 from harclip.model.feed import CachedSplit
+from harclip.model.scoring import split_logits
 from harclip.model.views import DeviceAugment
 from harclip.train import stage as train_stage
 from harclip.train.engine import Trainer
@@ -109,3 +111,17 @@ def test_no_training_step_or_model_selection_reads_the_test_split(small_cache, t
     train_stage.run("clip", train_config(epochs=1, batch_size=32, device="cpu"), small_cache,
                     tmp_path / "models", tmp_path / "logs", tmp_path / "resume")
     assert sorted(read) == ["train", "val"]
+
+
+def test_the_published_checkpoint_carries_the_temperature_fitted_on_val(small_cache, tmp_path):
+    """The temperature is fitted with the weights the checkpoint holds, scored on val as
+    evaluate and predict score them, so predict needs nothing but the checkpoint."""
+    config = train_config(epochs=2, batch_size=64, device="cpu")
+    summary = train_stage.run("clip", config, small_cache, tmp_path / "models",
+                              tmp_path / "logs", tmp_path / "resume")
+    model, meta = load_checkpoint(tmp_path / "models" / "clip.pt")
+    val = CachedSplit(*load_split(small_cache, "val"), CPU)
+    logits = split_logits(model, val, DeviceAugment.for_eval(meta), 64, None)
+    assert meta["temperature"] == pytest.approx(fit_temperature(logits, val.labels), rel=1e-4)
+    assert summary["temperature"] == meta["temperature"] != 1.0
+    assert meta["epoch"] == summary["best_epoch"] and meta["val_acc"] == summary["best_val_acc"]
