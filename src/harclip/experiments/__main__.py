@@ -24,8 +24,10 @@ import sys
 from pathlib import Path
 
 from harclip.experiments import report
+from harclip.experiments.show import show_table, with_inference
 from harclip.experiments.sweeps import queue_ablation, queue_finetune, queue_seeds
-from harclip.runtime.harness import PARAMS_FILE
+from harclip.runtime.harness import PARAMS_FILE, run
+from harclip.runtime.log import log
 
 
 def main() -> None:
@@ -55,8 +57,7 @@ def main() -> None:
                               "alike (default: the current one)")
     args = cli.parse_args()
     if args.command == "show":
-        sys.stdout.write(report.show_table(report.with_inference(
-            report.finished_runs(args.revs))))
+        sys.stdout.write(show_table(with_inference(report.finished_runs(args.revs))))
     elif args.command == "seeds":
         queue_seeds(PARAMS_FILE, args.seeds, args.jobs)
     elif args.command == "ablation":
@@ -64,8 +65,10 @@ def main() -> None:
     elif args.command == "finetune":
         queue_finetune(PARAMS_FILE, args.seeds, args.jobs)
     else:
-        sys.stdout.write(report.report(args.kind, args.out, args.revs))
+        table, written = report.report(args.kind, args.out, report.finished_runs(args.revs))
+        sys.stdout.write(table)
+        log.info("wrote %s", ", ".join(map(str, written)))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,10 +1,9 @@
 """Tables and figures of finished DVC experiments (`dvc.api.exp_show`'s rows): the seeds,
-the token-choice ablation and the fine-tuning tools, as mean ± standard deviation over seeds,
-and every run at a glance (`python -m harclip.experiments show` / `report`)."""
+the token-choice ablation and the fine-tuning tools, as mean ± standard deviation over seeds
+(`python -m harclip.experiments report`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,18 @@ import numpy as np
 from harclip.config.params import SHARED, file_sections
 from harclip.config.schema import LABELS, METHODS
 from harclip.experiments.sweeps import ABLATION, FINETUNE, FINETUNE_KEYS
+from harclip.runtime.errors import StageError
+
+FREE = {
+    "seeds": {f"train_{m}.seed" for m in METHODS},
+    "ablation": {"train_aclip.seed", "train_aclip.aclip.saliency", "train_aclip.aclip.keep_ratio"},
+    "finetune": {f"train_{m}.{key}" for m in METHODS for key in (*FINETUNE_KEYS, "seed")},
+}
+"""The params each report's runs may differ in from the commit's (a run differing in others
+belongs to another sweep)."""
+QUEUE = {"seeds": "seeds --seeds 1 2", "ablation": "ablation --seeds 0 1 2",
+         "finetune": "finetune --seeds 0 1 2"}
+"""How each report's runs are queued (`python -m harclip.experiments ...`)."""
 
 
 def value(row: dict, name: str):
@@ -34,8 +45,18 @@ def finished_runs(revs: list[str] | None = None) -> list[dict]:
     training params spelled out (`per_model_params`); the commits first, in the order given,
     so a seed's first run is the first commit's."""
     import dvc.api
+    from dvc.exceptions import DvcException
+    from dvc.scm import CloneError
 
-    rows = [per_model_params(row) for row in dvc.api.exp_show(revs=revs)
+    try:
+        shown = dvc.api.exp_show(revs=revs)
+    except CloneError:  # dvc's name for "no git repository here"
+        raise StageError("not inside a git repository with this project's experiments: run "
+                         "it from the project's clone") from None
+    except DvcException as err:
+        raise StageError(f"DVC cannot list the experiments here ({err}): run it from the "
+                         f"project's clone, at a commit that has them") from None
+    rows = [per_model_params(row) for row in shown
             if row.get("rev") != "workspace" and row.get("State") in (None, "Success")]
     return sorted(rows, key=lambda row: row.get("typ") != "baseline")
 
@@ -109,7 +130,7 @@ def per_seed(rows: list[dict], method: str,
 def seeds_table(rows: list[dict]) -> tuple[str, dict]:
     """Per model: test and val accuracy and time per epoch, mean ± std over the runs that
     differ from each other only in their seeds."""
-    rows = varying_only(rows, {f"train_{method}.seed" for method in METHODS})
+    rows = varying_only(rows, FREE["seeds"])
     found = {method: per_seed(rows, method) for method in METHODS}
     for entry in found.values():
         entry["seeds"] = sorted(entry["seeds"])
@@ -124,8 +145,7 @@ def seeds_table(rows: list[dict]) -> tuple[str, dict]:
 def ablation_table(rows: list[dict]) -> tuple[str, dict]:
     """Per (token choice, keep ratio): A-CLIP's test and val accuracy and time per epoch,
     mean ± std over seeds."""
-    rows = varying_only(rows, {"train_aclip.seed", "train_aclip.aclip.saliency",
-                               "train_aclip.aclip.keep_ratio"})
+    rows = varying_only(rows, FREE["ablation"])
     found, lines = {}, ["| Tokens the student sees | Keep ratio | Seeds | Test accuracy (%) | "
                         "Val accuracy (%) | Time per epoch (s) |",
                         "| :-- | :-: | :-: | :-: | :-: | :-: |"]
@@ -165,70 +185,10 @@ def ablation_figure(found: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-SHOWN = {"test_acc": "test %", "val_acc": "val %", "test_ece": "test ECE", "epoch_s": "s/epoch",
-         "peak_mb": "MB", "inference": "inference"}
-"""Each model's headline columns in `show`, as they are headed."""
-
-
-def with_inference(rows: list[dict], read=None) -> list[dict]:
-    """The rows with each model's inference cost (`<method>.inference`: throughput, one
-    image's median latency and the device), read from its report.json at the row's commit
-    (`read(path, rev)`, DVC's by default): exp_show lists the metrics files only, and eval.json
-    keeps but a few numbers. A run from before inference was timed has none."""
-    from dvc.exceptions import DvcException
-
-    if read is None:
-        import dvc.api
-
-        read = dvc.api.read
-    for row in rows:
-        for method in METHODS:
-            try:
-                cost = json.loads(read(f"metrics/{method}/report.json", rev=row["rev"]))
-                row[f"{method}.inference"] = \
-                    f"{cost['inference']['img_s']:,.0f} img/s, " \
-                    f"{cost['inference']['latency_ms_p50']:.1f} ms " \
-                    f"({cost['inference']['device']})"
-            except (DvcException, FileNotFoundError, KeyError, TypeError, ValueError):
-                continue
-    return rows
-
-
-def show_table(rows: list[dict]) -> str:
-    """A markdown table of the runs: each one's name, the params that differ between them,
-    and every model's test and val accuracy, test calibration error, time per epoch, peak
-    memory and inference throughput; the columns `dvc exp show` elides in a narrow terminal,
-    and only them."""
-    params = [params_of(row) for row in rows]
-    varying = sorted(k for k in {k for p in params for k in p}
-                     if len({repr(p.get(k)) for p in params}) > 1)
-    columns = [(f"{LABELS[m]} {head}", f"{m}.{key}") for m in METHODS
-               for key, head in SHOWN.items()]
-
-    def cell(value, key: str) -> str:
-        if value is None or isinstance(value, str):
-            return value or "—"
-        if key.endswith("_ece"):
-            return f"{value:.3f}"
-        if key.endswith("_acc"):
-            return f"{100 * value:.1f}"
-        return f"{value:.1f}" if key.endswith("_s") else f"{value:.0f}"
-
-    lines = ["| run | " + " | ".join([*varying, *(head for head, _ in columns)]) + " |",
-             "| :-- | " + " | ".join([":-:"] * (len(varying) + len(columns))) + " |"]
-    for row, row_params in zip(rows, params, strict=True):
-        name = row.get("Experiment") or f"{str(row.get('rev', ''))[:7]} (commit)"
-        cells = [str(row_params.get(key, "—")) for key in varying]
-        cells += [cell(value(row, key), key) for _, key in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def finetune_found(rows: list[dict]) -> dict:
     """Per model and arm: test accuracy, time per epoch, peak memory and trainable parameters
     over seeds; and WiSE-FT at the α chosen on val, from full fine-tuning's evaluations."""
-    rows = varying_only(rows, {f"train_{m}.{key}" for m in METHODS
-                               for key in (*FINETUNE_KEYS, "seed")})
+    rows = varying_only(rows, FREE["finetune"])
     if not rows:
         return {}
     baseline = params_of(rows[0])
@@ -334,19 +294,32 @@ def finetune_figure(found: dict, path: Path):
     return fig
 
 
-def report(kind: str, out: Path, revs: list[str] | None = None) -> str:
-    rows = finished_runs(revs)
-    out.mkdir(parents=True, exist_ok=True)
+def report(kind: str, out: Path, rows: list[dict]) -> tuple[str, list[Path]]:
+    """The `kind` report's table and the files written: its markdown table and, for the
+    ablation and the fine-tuning tools, its figure. Refused, leaving every file as it was,
+    while the commit's own run is all there is (a table of one run would overwrite the
+    committed results with next to nothing) or no run is one the report lists."""
+    refusal = StageError(f"no finished {kind} experiments beside the commit's own run, so "
+                         f"{out / f'{kind}.md'} is left as it was: queue them with `python -m "
+                         f"harclip.experiments {QUEUE[kind]}`, and report once `dvc queue "
+                         f"status` shows them done")
+    if len(varying_only(rows, FREE[kind])) < 2:
+        raise refusal
+    figure = None
     if kind == "seeds":
         table, _ = seeds_table(rows)
     elif kind == "finetune":
         found = finetune_found(rows)
-        table = finetune_table(found)
-        if found:
-            finetune_figure(found, out / "finetune.png")
+        table, figure = finetune_table(found), finetune_figure
     else:
         table, found = ablation_table(rows)
-        if found:
-            ablation_figure(found, out / "ablation.png")
-    (out / f"{kind}.md").write_text(table)
-    return table
+        figure = ablation_figure
+        if not found:
+            raise refusal
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{kind}.md"]
+    if figure:
+        written.append(out / f"{kind}.png")
+        figure(found, written[-1])
+    written[0].write_text(table)
+    return table, written

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from harclip.config.params import SHARED, TRAIN_SECTIONS, load_params, read_yaml
+from harclip.runtime.errors import StageError
 
 ABLATION = [  # (label, saliency, keep ratio), in the order they are queued
     ("attentive, teacher every step", "teacher", 0.75),
@@ -42,7 +43,9 @@ FINETUNE_KEYS = sorted({key for _, keys in FINETUNE for key in keys})
 
 
 def _dvc(*args: str) -> None:
-    subprocess.run(["dvc", *args], check=True)
+    """Run `dvc args`; its own message says why it failed, then one line of ours."""
+    if (code := subprocess.run(["dvc", *args]).returncode) != 0:
+        raise StageError(f"`dvc {' '.join(args)}` failed (exit {code}): see DVC's message above")
 
 
 def set_training(params: Path, key: str, setting) -> list[str]:

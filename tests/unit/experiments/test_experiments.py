@@ -11,7 +11,7 @@ import yaml
 from matplotlib.container import BarContainer
 
 from harclip.config.params import load_params
-from harclip.experiments import report, sweeps
+from harclip.experiments import report, show, sweeps
 from tests.support import REPO_ROOT
 from tests.support.dvc_project import DvcProject
 from tests.support.params import tiny_params
@@ -118,7 +118,7 @@ def test_show_lists_the_params_that_differ_and_every_models_headline():
     baseline["clip.inference"] = "1,234 img/s, 2.5 ms (cpu)"  # `with_inference`
     faster = _run({"clip.test_acc": 0.61, "clip.epoch_s": 9.0}, {"train_clip.lr": 5e-4})
     faster["Experiment"] = "lr-5e-4"
-    table = report.show_table([baseline, faster]).splitlines()
+    table = show.show_table([baseline, faster]).splitlines()
     assert table[0].startswith("| run | train_clip.lr | CLIP test % | CLIP val % | "
                                "CLIP test ECE | CLIP s/epoch | CLIP MB | CLIP inference | "
                                "SigLIP test %")
@@ -140,7 +140,7 @@ def test_show_reads_each_models_inference_cost_from_its_report_at_the_rows_commi
             raise FileNotFoundError(path)
         return json.dumps(reports[(path, rev)])
 
-    rows = report.with_inference([{"rev": "abc"}, {"rev": "def"}], read)
+    rows = show.with_inference([{"rev": "abc"}, {"rev": "def"}], read)
     assert rows == [{"rev": "abc", "clip.inference": "1,234 img/s, 2.5 ms (2 CPU cores (x))"},
                     {"rev": "def"}]
 
