@@ -36,6 +36,7 @@ from harclip.preprocess import stage as pp
 from harclip.runtime import files, harness
 from harclip.runtime.errors import ConfigError, StageError
 from tests.support import REPO_ROOT
+from tests.support.cli import one_line_error
 from tests.support.dvc_project import BIN, DvcProject
 from tests.support.images import jpeg_bytes, raw_folder, rejections
 from tests.support.params import (
@@ -53,15 +54,6 @@ SIZE = 16
 def _python(*args, cwd, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           **kwargs)
-
-
-def _one_line_error(stderr: str, *fragments: str) -> None:
-    """The stage said one thing, an error line naming what it must, and no traceback."""
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, stderr
-    for fragment in fragments:
-        assert fragment in errors[0], stderr
 
 
 def _cache(root, n=12):
@@ -114,7 +106,7 @@ def test_enospc_from_a_stage_command_is_one_line(tmp_path):
               "harness.run(main)\n")
     result = _python("-c", script, cwd=tmp_path)
     assert result.returncode == 2
-    _one_line_error(result.stderr, "no space left on the device (models/clip.pt)",
+    one_line_error(result.stderr, "no space left on the device (models/clip.pt)",
                     "free some space")
 
 
@@ -222,7 +214,7 @@ def test_a_second_live_run_of_one_model_is_refused_and_a_dead_ones_lock_taken_ov
     second = run.start()
     _, stderr = second.communicate(timeout=120)
     assert second.returncode == 2
-    _one_line_error(stderr, f"train_aclip is already running (pid {first.pid} on ",
+    one_line_error(stderr, f"train_aclip is already running (pid {first.pid} on ",
                     "wait for it")
     first.kill()
     first.wait()
@@ -354,5 +346,5 @@ def test_an_empty_or_section_less_params_file_is_an_error(tmp_path, small_cache)
     # A stage run on it: one line, before any work.
     result = _python("-m", "harclip.train", "clip", "--cache", str(small_cache), cwd=tmp_path)
     assert result.returncode == 2
-    _one_line_error(result.stderr, "params.yaml: incomplete: missing section(s) download")
+    one_line_error(result.stderr, "params.yaml: incomplete: missing section(s) download")
     assert not (tmp_path / "models").exists()

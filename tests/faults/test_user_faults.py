@@ -156,7 +156,7 @@ def test_a_checkpoint_that_holds_code_is_refused_in_one_line(tmp_path):
                               "Python objects (code)")
     assert "\n" not in message and "will likely succeed" not in message
     (tmp_path / "fake.pt").write_bytes(pickle.dumps({"format": "harclip-classifier"}))
-    with pytest.raises(StageError, match=r"fake.pt: not a readable checkpoint: torch's "
+    with pytest.raises(StageError, match=r"fake.pt: not a readable harclip checkpoint: torch's "
                                          r"data-only loader refuses it; harclip never "
                                          r"unpickles: do not load it with pickle"):
         load_checkpoint(tmp_path / "fake.pt")

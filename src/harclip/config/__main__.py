@@ -1,23 +1,26 @@
-"""check_params: validate a whole params file (every section, key, type and range).
+"""check_params: validate a whole params file (every section, key, type and range) and
+find every pretrained file it names.
 
     python -m harclip.config [--params FILE]
 
-DVC runs it on every `dvc repro`, so a mistyped section is caught even when no other stage
-has to run.
+DVC runs it first on every `dvc repro` (a stage without outputs), so a mistyped section is
+caught even when no other stage has to run, and a missing start before DVC removes a
+training stage's outputs.
 """
 
 from __future__ import annotations
 
-from harclip.config.params import load_params
+from harclip.config.params import check_starts, load_params
 from harclip.runtime import harness
 
 
 def main() -> None:
-    cli = harness.parser("Validate a whole params file: every section, key, type and range.")
+    cli = harness.parser("Validate a whole params file: every section, key, type and range, "
+                         "and every pretrained file it names.")
     args = cli.parse_args()
 
     def check() -> None:
-        load_params(args.params)
+        check_starts(load_params(args.params), args.params)
         print(f"{args.params}: valid")
 
     harness.run(check)

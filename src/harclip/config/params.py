@@ -19,7 +19,7 @@ from typing import Any, get_type_hints
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from harclip.config.schema import METHODS, AclipTrainConfig, Params
+from harclip.config.schema import METHODS, AclipTrainConfig, Params, names_a_file
 from harclip.runtime.errors import ConfigError
 
 SHARED = "train"
@@ -158,3 +158,21 @@ def load_params(path: Path | str) -> Params:
                           f"section(s) {', '.join(missing)}; start from the shipped "
                           f"params.yaml or a file in configs/")
     return parse_params(data, path)
+
+
+def check_starts(params: Params, path: Path) -> None:
+    """Every file a `pretrained:` names exists: checked before any stage runs, since DVC
+    removes a training stage's outputs (its logs are not cached) before the stage could
+    find its start missing. One line for every missing file and the keys naming it."""
+    missing: dict[str, list[str]] = {}
+    data = read_yaml(path)
+    for section in TRAIN_SECTIONS:
+        start = getattr(params, section).pretrained
+        if start and names_a_file(start) and not Path(start).is_file():
+            missing.setdefault(start, []).append(_where(data, section, ["pretrained"]))
+    if missing:
+        files = "; ".join(f"{' and '.join(dict.fromkeys(keys))} = {start}"
+                          for start, keys in missing.items())
+        raise ConfigError(f"{path}: no such pretrained file: {files}; restore the shipped "
+                          f"starts with `git checkout models/pretrained`, give the file's "
+                          f"path, or set pretrained: null to train from random initialisation")

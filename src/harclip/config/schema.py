@@ -8,6 +8,7 @@ Strict* types: "64" is not an int and 1 is not a bool.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -22,6 +23,13 @@ LABELS = {"clip": "CLIP", "sglip": "SigLIP", "aclip": "A-CLIP"}
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
 Fraction = Annotated[StrictFloat, Field(gt=0.0, lt=1.0)]
+
+
+def names_a_file(pretrained: str) -> bool:
+    """Whether a `pretrained:` value names a local weights file rather than an open_clip tag:
+    a file that exists, or a name with a suffix or a folder in it (tags have neither:
+    `openai`, `webli`, `laion2b_s34b_b79k`)."""
+    return Path(pretrained).is_file() or bool(Path(pretrained).suffix) or "/" in pretrained
 
 
 def _check_device(device: str) -> None:

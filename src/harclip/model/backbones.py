@@ -20,6 +20,8 @@ from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from harclip.config.schema import names_a_file
+from harclip.model.storage import CHECKPOINT_FORMAT, load_data
 from harclip.runtime.errors import StageError
 
 
@@ -90,26 +92,34 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
         raise StageError(f"unknown model {name!r}: expected an open_clip model name (e.g. "
                          f"ViT-B-32-quickgelu) or one shipped here: harclip-tiny-clip, "
                          f"harclip-tiny-siglip")
-    if pretrained and not Path(pretrained).is_file():
-        if Path(pretrained).suffix or "/" in pretrained:
-            raise StageError(f"{pretrained}: pretrained checkpoint file not found")
+    local = bool(pretrained) and names_a_file(pretrained)
+    if local and not Path(pretrained).is_file():
+        raise StageError(f"{pretrained}: pretrained checkpoint file not found")
+    if pretrained and not local:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             raise StageError(f"{name}: unknown pretrained tag {pretrained!r} (known: "
                              f"{', '.join(tags) or 'none'}; or give a local checkpoint file)")
-    if normalisation is None and pretrained and Path(pretrained).is_file():
+    if normalisation is None and local:
         normalisation = tag_normalisation(name)
     if open_clip.get_model_config(name)["text_cfg"].get("hf_model_name"):
         importlib.reload(open_clip.hf_model)  # a Hugging Face text tower needs transformers
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            if image_size and pretrained and Path(pretrained).is_file():
-                pretrained = _in_float32(pretrained, Path(scratch))
-            return open_clip.create_model(name, pretrained=pretrained or None,
+            weights = _checked_start(Path(pretrained), Path(scratch), bool(image_size)) \
+                if local else pretrained
+            return open_clip.create_model(name, pretrained=weights or None,
                                           force_image_size=image_size,
                                           force_preprocess_cfg=normalisation or None)
+    except StageError:
+        raise
     except Exception as err:  # the hub client raises many network error types
-        if not pretrained or Path(pretrained).is_file():
+        if local:
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise StageError(f"{pretrained}: its weights do not fit {name} "
+                             f"({type(err).__name__}: {first}); give {name}'s own weights, or "
+                             f"the model they were saved from") from None
+        if not pretrained:
             raise
         raise StageError(
             f"could not fetch pretrained weights {pretrained!r} for {name} "
@@ -118,14 +128,28 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
             f"to train from random initialisation") from err
 
 
-def _in_float32(path: str, scratch: Path) -> str:
-    """`path` itself, or a float32 copy of its weights in `scratch` when it stores fp16 (the
-    shipped checkpoints do): open_clip resizes the position embeddings to a forced image size
-    with a bicubic resampling that has no fp16 kernel on the CPU."""
-    state = open_clip.factory.load_state_dict(path)
-    if not any(value.dtype == torch.float16 for value in state.values()):
-        return path
-    copy = scratch / Path(path).name
+def _checked_start(path: Path, scratch: Path, resized: bool) -> str:
+    """A local start read as data only before open_clip reads it: a pickle that carries code,
+    a truncated or foreign file, or a fine-tuned harclip classifier is one line, and no
+    payload runs. Returns `path` itself, or, where the weights are resized to another image
+    size and stored in fp16 (the shipped starts are), a float32 copy in `scratch`: the bicubic
+    resampling of the position embeddings has no fp16 kernel on the CPU. safetensors and
+    big_vision's numpy files hold data only; open_clip reads them itself."""
+    if path.suffix in (".safetensors", ".npz", ".npy"):
+        return str(path)
+    payload = load_data(path, "weights file")
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        raise StageError(f"{path}: a fine-tuned harclip checkpoint, not a pretrained start: "
+                         f"use `python -m harclip.predict --model {path}` with it, or give "
+                         f"its backbone's weights")
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not state or \
+            not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise StageError(f"{path}: not a weights file (expected a state dict of tensors, "
+                         f"as open_clip saves them)")
+    if not resized or not any(value.dtype == torch.float16 for value in state.values()):
+        return str(path)
+    copy = scratch / path.name
     torch.save({key: value.float() if value.dtype == torch.float16 else value
                 for key, value in state.items()}, copy)
     return str(copy)

@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from harclip.model.backbones import open_clip, preprocessing_of
 from harclip.model.classifier import HarClassifier, build_classifier
+from harclip.model.storage import CHECKPOINT_FORMAT, load_data, save_atomically
 from harclip.model.tuning import plain_state_dict
 from harclip.runtime.errors import StageError
 
-CHECKPOINT_FORMAT = "harclip-classifier"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_KEYS = frozenset({"model", "model_config", "image_size", "mean", "std",
                              "class_names", "state_dict"})
@@ -31,45 +29,12 @@ def save_checkpoint(path: Path, model: HarClassifier, name: str, class_names: Se
     save_atomically(payload, path)
 
 
-def save_atomically(payload: dict, path: Path) -> None:
-    """torch.save into a partial file renamed over `path`: a stop or a full disk leaves the
-    earlier file, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        torch.save(payload, partial)
-        partial.replace(path)
-    except (OSError, RuntimeError) as err:  # torch reports failed writes as RuntimeError
-        partial.unlink(missing_ok=True)
-        raise StageError(f"{path}: could not be written ({err}); check the free space and "
-                         f"rerun") from err
-
-
-def load_data(path: Path, **options):
-    """torch.load of data only (tensors, numbers, strings, containers), onto the CPU; any
-    other file is a StageError in one line. A file that holds Python objects is refused: pickle
-    would run whatever code they carry."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, **options)
-    except Exception as err:  # pickle, zip and torch errors for anything not a checkpoint
-        if "Weights only load failed" in str(err):  # a pickle, not data alone
-            what = "not a harclip checkpoint: it holds Python objects (code)" \
-                if "Unsupported global" in str(err) else \
-                "not a readable checkpoint: torch's data-only loader refuses it"
-            raise StageError(f"{path}: {what}; harclip never unpickles: do not load it with "
-                             f"pickle (torch.load(weights_only=False)) unless you trust whoever "
-                             f"made it") from None
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}"
-                         f"{': ' + first_line[:200] if first_line else ''})") from None
-
-
 def load_checkpoint(path: Path | str) -> tuple[HarClassifier, dict]:
     """Rebuild a saved classifier; a file of another format or architecture is a clear error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    payload = load_data(path)
+    payload = load_data(path, "harclip checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise StageError(f"{path}: not a harclip checkpoint (expected format "
                          f"{CHECKPOINT_FORMAT!r}); train one with `dvc repro`")

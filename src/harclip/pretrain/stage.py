@@ -37,6 +37,7 @@ from harclip.model.backbones import (
 from harclip.model.classifier import build_model
 from harclip.model.feed import CachedSplit, effective_batches
 from harclip.model.optim import make_scheduler, parameter_groups
+from harclip.model.storage import save_atomically
 from harclip.model.views import DeviceAugment
 from harclip.pretrain.config import PretrainConfig
 from harclip.pretrain.world import generate_world
@@ -171,10 +172,7 @@ def save(model: nn.Module, path: Path, card: dict) -> None:
     beside them under `harclip`, atomically; and the card as JSON next to the file."""
     state = {key: value.detach().to("cpu", torch.float16)
              for key, value in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save({"state_dict": state, "harclip": card}, partial)
-    partial.replace(path)
+    save_atomically({"state_dict": state, "harclip": card}, path)
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 

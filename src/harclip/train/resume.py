@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from harclip.config.schema import TrainConfig
-from harclip.model.checkpoints import load_data, save_atomically
+from harclip.model.storage import load_data, save_atomically
 from harclip.runtime.errors import StageError
 from harclip.runtime.log import log
 from harclip.train.engine import Trainer
@@ -49,7 +49,7 @@ def load_resume_state(path: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        saved = load_data(path)
+        saved = load_data(path, "resume state")
     except StageError as err:  # a truncated or foreign file: say so and start afresh
         log.warning("%s; starting afresh", err)
         return None

@@ -27,10 +27,11 @@ from harclip.config.schema import AclipTrainConfig, TrainConfig
 from harclip.data.cache import CACHE_DIR, cache_classes, load_split
 from harclip.model.backbones import image_normalisation, model_image_size
 from harclip.model.calibration import fit_temperature
-from harclip.model.checkpoints import load_checkpoint, save_atomically, save_checkpoint
+from harclip.model.checkpoints import load_checkpoint, save_checkpoint
 from harclip.model.classifier import HarClassifier, PromptEncoder, build_model
 from harclip.model.feed import CachedSplit
 from harclip.model.scoring import split_logits
+from harclip.model.storage import save_atomically
 from harclip.model.views import DeviceAugment
 from harclip.runtime import distributed
 from harclip.runtime.devices import autocast_dtype, describe, enable_tf32
@@ -237,11 +238,9 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     if device.type == "cuda":
         torch.cuda.empty_cache()
     started = time.perf_counter()
-    summary["temperature"] = calibrate(best_path, val_split, batch_size)
-    summary["temperature_fit_s"] = time.perf_counter() - started
     checkpoint = models_dir / f"{name}.pt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    best_path.replace(checkpoint)
+    summary["temperature"] = calibrate(best_path, checkpoint, val_split, batch_size)
+    summary["temperature_fit_s"] = time.perf_counter() - started
     run_log.finish(summary)
     shutil.rmtree(work_dir)
     log.info("%s: best val acc %.3f at epoch %d, temperature %.3f (fitted on val in %.1f s), "
@@ -250,18 +249,20 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     return summary
 
 
-def calibrate(path: Path, val_split: CachedSplit, batch_size: int) -> float:
-    """Fit the temperature of the checkpoint at `path` on val, with the weights it holds (the
-    best epoch's, not the last) scored as evaluate and predict score them, and record it in
-    the checkpoint: predict then reads calibrated probabilities from the file alone."""
-    model, meta = load_checkpoint(path)
+def calibrate(best: Path, checkpoint: Path, val_split: CachedSplit, batch_size: int) -> float:
+    """Fit the temperature of the best epoch's checkpoint on val, with the weights it holds
+    scored as evaluate and predict score them, and publish it with the temperature as
+    `checkpoint`: predict then reads calibrated probabilities from the file alone. Written
+    beside `checkpoint` and renamed there, never moved from the work folder: `models/` may be
+    on another file system."""
+    model, meta = load_checkpoint(best)
     model.to(val_split.device)
     logits = split_logits(model, val_split, DeviceAugment.for_eval(meta), batch_size,
                           autocast_dtype("auto", val_split.device),
                           val_split.host_index(torch.arange(len(val_split))))
     temperature = fit_temperature(logits, val_split.labels)
     weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    save_atomically({**meta, "temperature": temperature, "state_dict": weights}, path)
+    save_atomically({**meta, "temperature": temperature, "state_dict": weights}, checkpoint)
     return temperature
 
 

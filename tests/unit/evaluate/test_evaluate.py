@@ -155,7 +155,7 @@ def test_evaluate_without_a_checkpoint_names_it_and_the_stage_that_makes_it(tmp_
                  tmp_path / "metrics")
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "sglip.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(StageError, match="sglip.pt: not a readable checkpoint"):
+    with pytest.raises(StageError, match="sglip.pt: not a readable harclip checkpoint"):
         evaluate("sglip", evaluate_config(wise_alphas=()), tmp_path / "cache", tmp_path / "models",
                  tmp_path / "metrics")
 

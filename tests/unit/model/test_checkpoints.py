@@ -42,5 +42,5 @@ def test_checkpoint_round_trip_and_clear_errors_for_other_files(tmp_path):
     with pytest.raises(StageError, match="foreign.pt: not a harclip checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(StageError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(StageError, match="junk.pt: not a readable harclip checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")

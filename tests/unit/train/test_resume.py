@@ -13,9 +13,9 @@ import torch
 from harclip.config.params import parse_params
 from harclip.data.cache import load_split
 from harclip.data.records import read_epochs
-from harclip.model.checkpoints import save_atomically
 from harclip.model.classifier import build_model
 from harclip.model.feed import CachedSplit
+from harclip.model.storage import save_atomically
 from harclip.runtime.distributed import ALONE
 from harclip.train import resume
 from harclip.train import stage as train_stage
