@@ -9,6 +9,7 @@ import argparse
 import errno
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,22 +173,26 @@ def test_sigterm_stops_a_training_stage_cleanly_and_it_resumes(small_cache, tmp_
 
     run = Stage(tmp_path / "run", small_cache, aclip_stage_params())
     stderr = run.stop_after(1, signal.SIGTERM)
-    assert "interrupted; rerun to resume" in stderr and "Traceback" not in stderr
+    stops = [line for line in stderr.splitlines() if "interrupted" in line or "rerun" in line]
+    assert len(stops) == 1 and "interrupted (SIGTERM); aclip: rerun to resume" in stops[0]
+    assert "Traceback" not in stderr
     assert saved_epochs(run.state) >= 1
     assert "resuming after epoch" in run.finish()
 
 
 @pytest.mark.slow
-def test_sigterm_to_dvc_repro_stops_the_stage_it_runs(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, sig):
     params = tiny_params()
     params["download"]["synthetic"].update(images_per_class=16, image_size=64)
     params["preprocess"]["image_size"] = 64
     params["train_clip"].update(epochs=50, batch_size=16, device="cpu")
     project = DvcProject(tmp_path, params)
     project.repro("preprocess")
-    dvc = subprocess.Popen([str(BIN / "dvc"), "repro", "train_clip"], cwd=tmp_path,
-                           env=project.env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    output = tmp_path / "repro.log"
+    with open(output, "w") as log_file:
+        dvc = subprocess.Popen([str(BIN / "dvc"), "repro", "train_clip"], cwd=tmp_path,
+                               env=project.env, stdout=log_file, stderr=subprocess.STDOUT)
     state = tmp_path / ".harclip/resume/clip/state.pt"
     while not state.is_file():
         assert dvc.poll() is None
@@ -195,11 +200,19 @@ def test_sigterm_to_dvc_repro_stops_the_stage_it_runs(tmp_path):
     training = [p for p in psutil.Process(dvc.pid).children(recursive=True)
                 if "harclip.train" in " ".join(p.cmdline())]
     assert training
-    dvc.send_signal(signal.SIGTERM)
+    dvc.send_signal(sig)
     dvc.wait(timeout=30)
     _, alive = psutil.wait_procs(training, timeout=15)
     assert not alive, "the training stage outlived the dvc process that ran it"
     assert state.is_file()  # what it had done is kept for the next run
+    lines = output.read_text().splitlines()
+    last_epoch = max(i for i, line in enumerate(lines) if re.search(r" epoch \d+: ", line))
+    after = lines[last_epoch + 1:]
+    assert len(after) == 1, lines  # README: one line, whatever stopped dvc
+    assert after[0].endswith(f"stopped: the dvc process that started this stage ({dvc.pid}) "
+                             f"is gone (killed or stopped); clip: rerun to resume after the "
+                             f"last saved epoch (every resume_every = 1; state in "
+                             f".harclip/resume/clip)"), lines
 
 
 def test_a_second_live_run_of_one_model_is_refused_and_a_dead_ones_lock_taken_over(

@@ -66,7 +66,10 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(small_cac
     stage = Stage(tmp_path / "stopped", small_cache, aclip_stage_params())
 
     stderr = stage.stop_after(1, signal.SIGINT)
-    assert "interrupted; rerun to resume after the last saved epoch" in stderr
+    stops = [line for line in stderr.splitlines() if "interrupted" in line or "rerun" in line]
+    assert len(stops) == 1 and stops[0].endswith(
+        "interrupted; aclip: rerun to resume after the last saved epoch (every resume_every = "
+        "1; state in .harclip/resume/aclip)"), stderr
     stopped_at = saved_epochs(stage.state)
     assert 1 <= stopped_at < RESUME_EPOCHS
     assert len(epoch_rows(stage.root / "logs/aclip")) in (stopped_at, stopped_at + 1)

@@ -44,6 +44,11 @@ RAW_DIR = Path("data/raw")
 LABELS_CSV = "Training_set.csv"
 IMAGE_DIR = "train"
 CLASSES_JSON = "classes.json"
+SOURCE_JSON = "source.json"
+"""Where data/raw came from (download's provenance record)."""
+LEFT_OUT_KEY = "outside_dataset"
+"""source.json's list of the links a folder source held that lead outside it (paths under
+`train/`, a folder with a trailing /): never followed, reported by preprocess."""
 CSV_COLUMNS = ("filename", "label")
 SPLIT_COLUMN = "split"
 
@@ -148,3 +153,15 @@ def read_classes(raw_dir: Path, rows: list[LabelRow]) -> list[str]:
         raise StageError(f"{path}: expected a JSON list of distinct class names; rerun the "
                          f"download stage")
     return classes
+
+
+def read_left_out(raw_dir: Path) -> list[str]:
+    """The links download left out of `raw_dir` because they led outside the dataset (none
+    where source.json is missing or older than the record)."""
+    try:
+        record = json.loads((raw_dir / SOURCE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    left_out = record.get(LEFT_OUT_KEY) if isinstance(record, dict) else None
+    return [name for name in left_out if isinstance(name, str)] \
+        if isinstance(left_out, list) else []

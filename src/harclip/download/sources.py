@@ -223,24 +223,92 @@ def extract_kaggle_zip(zip_path: Path, dest: Path) -> int:
     return len(members)
 
 
-def copy_folder(source: Path, dest: Path) -> int:
-    """Copy a local folder: Kaggle layout, or one sub-folder per class (names = labels)."""
+def _leaves(path: Path, dataset: Path) -> bool:
+    """Whether `path`, its links followed, lies outside `dataset` (a resolved folder); a link
+    that loops counts as leaving, since where it leads cannot be told."""
+    try:
+        return not path.resolve().is_relative_to(dataset)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
+        return True
+
+
+def _files_inside(folder: Path, dataset: Path, left_out: list[str], shown_from: Path
+                  ) -> Iterator[Path]:
+    """The files under `folder` that are `dataset`'s own: links are followed only while they
+    stay inside it, so `x.jpg -> /etc/passwd` is never read. Each link that leaves is added to
+    `left_out` (its path from `shown_from`, a folder with a trailing /); hidden names, dangling
+    links and links back into a folder already walked are skipped."""
+    walked = set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        here = Path(here)
+        if here.resolve() in walked:
+            dirs[:] = []
+            continue
+        walked.add(here.resolve())
+        kept = []
+        for name in sorted(dirs):
+            if not name.startswith("."):
+                if _leaves(here / name, dataset):
+                    left_out.append((here / name).relative_to(shown_from).as_posix() + "/")
+                else:
+                    kept.append(name)
+        dirs[:] = kept
+        for name in sorted(names):
+            path = here / name
+            if name.startswith("."):
+                continue
+            if _leaves(path, dataset):
+                left_out.append(path.relative_to(shown_from).as_posix())
+            elif path.is_file():
+                yield path
+
+
+def _copy_inside(folder: Path, dataset: Path, dest: Path, left_out: list[str],
+                 shown_from: Path) -> list[str]:
+    """Copy `folder`'s own files (see _files_inside) under `dest`, keeping their paths from
+    `shown_from`; return those paths."""
+    copied = []
+    for path in _files_inside(folder, dataset, left_out, shown_from):
+        name = path.relative_to(shown_from).as_posix()
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        copied.append(name)
+    return copied
+
+
+def copy_folder(source: Path, dest: Path) -> tuple[int, list[str]]:
+    """Copy a local folder: Kaggle layout, or one sub-folder per class (names = labels).
+    Return the image count and what was left out: each link that leads outside the folder,
+    which is never followed, so nothing from elsewhere on the machine reaches data/raw, the
+    DVC cache or a remote."""
     if not source.is_dir():
         raise StageError(f"{source}: folder not found (download.path)")
+    dataset = source.resolve()
+    left_out: list[str] = []
     if (source / LABELS_CSV).is_file():
-        shutil.copytree(source / IMAGE_DIR, dest / IMAGE_DIR)
+        for part in (source / LABELS_CSV, source / IMAGE_DIR):
+            if _leaves(part, dataset):
+                raise StageError(f"{part}: a link to {os.path.realpath(part)}, outside "
+                                 f"download.path; links leaving the dataset folder are not "
+                                 f"followed: set download.path to the folder that holds it")
+        (dest / IMAGE_DIR).mkdir(parents=True)
+        copied = _copy_inside(source / IMAGE_DIR, dataset, dest / IMAGE_DIR, left_out,
+                              source / IMAGE_DIR)
         shutil.copy2(source / LABELS_CSV, dest / LABELS_CSV)
-        return sum(1 for p in (dest / IMAGE_DIR).iterdir() if p.is_file())
-    class_dirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return len(copied), left_out
+    class_dirs = []
+    for path in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _leaves(path, dataset):
+            left_out.append(f"{path.name}/")
+        else:
+            class_dirs.append(path)
     if not class_dirs:
         raise StageError(f"{source}: neither {LABELS_CSV} nor class sub-folders found; "
                          f"expected the Kaggle layout or one sub-folder per class")
     rows = []
     for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.iterdir() if p.is_file())
-        shutil.copytree(class_dir, dest / IMAGE_DIR / class_dir.name,
-                        ignore=lambda _dir, names: [n for n in names if n.startswith(".")])
-        rows += [(f"{class_dir.name}/{f.name}", class_dir.name) for f in files
-                 if not f.name.startswith(".")]
+        rows += [(name, class_dir.name) for name in
+                 _copy_inside(class_dir, dataset, dest / IMAGE_DIR, left_out, source)]
     write_labels_csv(dest / LABELS_CSV, rows)
-    return len(rows)
+    return len(rows), left_out

@@ -3,13 +3,16 @@ stand-in) into data/raw in the Kaggle layout, atomically and one run at a time."
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 from harclip.config.schema import DownloadConfig
 from harclip.data.layout import (
     LABELS_CSV,
+    LEFT_OUT_KEY,
     RAW_DIR,
+    SOURCE_JSON,
     flag_small_classes,
     natural_class_order,
     read_labels_csv,
@@ -23,6 +26,7 @@ from harclip.download.sources import (
     write_from_parquet,
     write_synthetic,
 )
+from harclip.runtime.errors import StageError
 from harclip.runtime.files import atomic_directory, output_lock
 from harclip.runtime.log import log
 
@@ -31,16 +35,13 @@ def download(config: DownloadConfig, out_dir: Path = RAW_DIR) -> int:
     """Write the configured source to `out_dir` atomically, one run at a time; return the
     number of images."""
     with output_lock(out_dir, "download"), atomic_directory(out_dir) as staging:
-        classes = None
-        if config.source == "synthetic":
-            count, classes = write_synthetic(config.synthetic, staging)
-        elif config.source == "huggingface":
-            count, classes = write_from_parquet(fetch_hf_parquet(config), staging, config)
-        elif config.source == "kaggle":
-            with fetch_kaggle_zip(config) as zip_path:
-                count = extract_kaggle_zip(zip_path, staging)
-        else:
-            count = copy_folder(Path(config.path), staging)
+        try:
+            count, classes, left_out = _write_source(config, staging)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise StageError(f"{out_dir}: the disk filled while copying the dataset; free "
+                             f"space and rerun (the previous {out_dir} is intact)") from None
         rows = read_labels_csv(staging / LABELS_CSV, {
             "folder": Path(config.path or "") / LABELS_CSV,
             "kaggle": f"{config.path or config.kaggle_dataset}: {LABELS_CSV}"}.get(config.source))
@@ -55,8 +56,29 @@ def download(config: DownloadConfig, out_dir: Path = RAW_DIR) -> int:
         flag_small_classes(files, "download", minimum=3)  # one image for train, val, test
         write_classes(staging, classes)
         provenance = {"source": config.source, "path": config.path, "images": count,
-                      "classes": len(classes)}
-        (staging / "source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+                      "classes": len(classes), LEFT_OUT_KEY: left_out}
+        (staging / SOURCE_JSON).write_text(json.dumps(provenance, indent=2) + "\n")
+    if left_out:
+        log.warning("download: %d link(s) in %s lead outside it and were not followed "
+                    "(nothing copied; preprocess lists them as outside_dataset): %s",
+                    len(left_out), config.path, ", ".join(left_out[:3])
+                    + (", ..." if len(left_out) > 3 else ""))
     log.info("download: %d images of %d classes from %s into %s", count, len(classes),
              config.source, out_dir)
     return count
+
+
+def _write_source(config: DownloadConfig, staging: Path
+                  ) -> tuple[int, list[str] | None, list[str]]:
+    """The source written into `staging`: its image count, class names where the source has
+    them, and the links a folder source left out because they lead outside it."""
+    if config.source == "synthetic":
+        return *write_synthetic(config.synthetic, staging), []
+    if config.source == "huggingface":
+        return *write_from_parquet(fetch_hf_parquet(config), staging, config), []
+    if config.source == "kaggle":
+        with fetch_kaggle_zip(config) as zip_path:
+            return extract_kaggle_zip(zip_path, staging), None, []
+    count, left_out = copy_folder(Path(config.path), staging)
+    return count, None, left_out
+

@@ -17,6 +17,7 @@ from harclip.data.layout import (
     flag_small_classes,
     read_classes,
     read_labels_csv,
+    read_left_out,
 )
 from harclip.runtime.log import log
 
@@ -30,6 +31,8 @@ class Candidate:
     split: str = ""
 
 
+LINK_LEFT_OUT = "a link leading outside the dataset folder (download.path); never followed"
+
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
@@ -37,8 +40,9 @@ class _ImageFolder:
     """Resolves a CSV row's filename to a file under train/: relative paths must stay inside;
     absolute paths (from the machine a CSV was written on) are matched by base name."""
 
-    def __init__(self, image_dir: Path) -> None:
+    def __init__(self, image_dir: Path, left_out: list[str]) -> None:
         self.root = image_dir.resolve()
+        self.left_out = left_out
         self.files = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*")
                             if p.is_file()) if image_dir.is_dir() else []
         self.by_base: dict[str, list[str]] = defaultdict(list)
@@ -68,10 +72,22 @@ class _ImageFolder:
             return None, Rejected(name, "outside_dataset",
                                   f"line {line} points outside the dataset folder "
                                   f"{IMAGE_DIR}/")
+        if not path.is_file() and self.left_behind(name):
+            return None, Rejected(name, "outside_dataset",
+                                  f"line {line} names {LINK_LEFT_OUT}")
         if not path.is_file():
             return None, Rejected(name, "missing_file", f"listed at line {line} but missing "
                                                         f"from {IMAGE_DIR}/")
         return path.relative_to(self.root).as_posix(), None
+
+    def left_behind(self, name: str) -> bool:
+        """Whether download left `name` out: a link, or inside a folder link, leading out."""
+        return any(_under(name, entry) for entry in self.left_out)
+
+
+def _under(name: str, entry: str) -> bool:
+    """Whether path `name` is the left-out link `entry`, or lies inside it (a folder, /)."""
+    return name == entry or (entry.endswith("/") and name.startswith(entry))
 
 
 def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], list[str]]:
@@ -80,7 +96,8 @@ def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], 
     rows = read_labels_csv(raw_dir / LABELS_CSV)
     classes = read_classes(raw_dir, rows)
     class_ids = {name: index for index, name in enumerate(classes)}
-    folder = _ImageFolder(raw_dir / IMAGE_DIR)
+    left_out = read_left_out(raw_dir)
+    folder = _ImageFolder(raw_dir / IMAGE_DIR, left_out)
     given_splits = any(row.split for row in rows)
     rejected: list[Rejected] = []
     by_file: dict[str, list] = defaultdict(list)
@@ -119,6 +136,9 @@ def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], 
     listed = set(by_file) | {row.filename for row in rows}
     rejected += [Rejected(name, "unlisted_file", f"not listed in {LABELS_CSV} (no label)")
                  for name in folder.files if name not in listed]
+    named = {entry for entry in left_out if any(_under(name, entry) for name in listed)}
+    rejected += [Rejected(entry, "outside_dataset", LINK_LEFT_OUT) for entry in left_out
+                 if entry not in named]  # rows that name them are reported above
     return candidates, rejected, classes
 
 

@@ -12,4 +12,10 @@ class ConfigError(ValueError):
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is (a KeyboardInterrupt): the same clean stop, exit 143."""
+    """SIGTERM, handled as Ctrl-C is (a KeyboardInterrupt): the same clean stop, exit 143.
+    `cause` says what stopped the stage where it was not a signal from outside (the `dvc`
+    process that started it is gone); a stage adds what to do next as a note."""
+
+    def __init__(self, signum: int, cause: str | None = None) -> None:
+        super().__init__(signum)
+        self.cause = cause

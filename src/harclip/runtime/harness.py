@@ -40,8 +40,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+_STOP_CAUSE: dict[str, str] = {}
+"""Why this process sent itself SIGTERM, where it did (its `dvc` is gone)."""
+
+
 def _stop(signum: int, _frame) -> None:
-    raise Stopped(signum)
+    raise Stopped(signum, _STOP_CAUSE.get("cause"))
 
 
 def _dvc_ancestor() -> int | None:
@@ -66,7 +70,8 @@ def _stop_with(pid: int) -> None:
     def watch() -> None:
         while process_alive(pid):
             time.sleep(1.0)
-        log.error("the dvc process that started this stage (%d) is gone; stopping", pid)
+        _STOP_CAUSE["cause"] = f"stopped: the dvc process that started this stage ({pid}) " \
+                               f"is gone (killed or stopped)"
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="dvc-watch", daemon=True).start()
@@ -82,7 +87,8 @@ def _one_line(err: OSError) -> str:
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main with readable logs. Expected failures exit 2 with one clear line;
-    Ctrl-C exits 130 and SIGTERM 143, each with one line, after the stage's own clean-up."""
+    Ctrl-C exits 130 and SIGTERM 143, each with one line (what stopped it, then the notes a
+    stage added on the way out: how to resume), after the stage's own clean-up."""
     configure_logging()
     signal.signal(signal.SIGTERM, _stop)
     if os.environ.get("DVC_STAGE") and (dvc := _dvc_ancestor()):
@@ -97,5 +103,6 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(2)
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Stopped)
-        log.error("interrupted%s", " (SIGTERM)" if terminated else "")
+        what = (err.cause or "interrupted (SIGTERM)") if terminated else "interrupted"
+        log.error("%s", "; ".join([what, *getattr(err, "__notes__", ())]))
         sys.exit(143 if terminated else 130)

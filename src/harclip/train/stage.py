@@ -205,11 +205,10 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
 
     try:
         history = trainer.fit(on_epoch, describe=name)
-    except KeyboardInterrupt:
-        if state_path.is_file():
-            log.error("%s: interrupted; rerun to resume after the last saved epoch "
-                      "(every resume_every = %d; state in %s)", name, config.resume_every,
-                      work_dir)
+    except KeyboardInterrupt as err:
+        if state_path.is_file():  # the one line the stage ends with says how to go on
+            err.add_note(f"{name}: rerun to resume after the last saved epoch (every "
+                         f"resume_every = {config.resume_every}; state in {work_dir})")
         raise
     finally:
         if run_log is not None:
