@@ -22,6 +22,7 @@ from harclip.runtime.files import atomic_directory
 CACHE_DIR = Path("data/cache")
 SPLITS = ("train", "val", "test")
 FREE_SPACE_MARGIN = 16 * 2**20
+"""Space left free beyond the cache itself, for the rest of the system (logs, DVC's state)."""
 
 
 def write_report(path: Path, rejected: list[Rejected]) -> None:
@@ -32,14 +33,17 @@ def write_report(path: Path, rejected: list[Rejected]) -> None:
 
 
 def check_free_space(folder: Path, needed: int) -> None:
-    """Fail before writing when `folder`'s file system has less than `needed` bytes free: a
-    full disk would otherwise end the stage halfway."""
+    """Fail before writing when `folder`'s file system has less than `needed` bytes free, and
+    FREE_SPACE_MARGIN besides (the message counts it): a full disk would otherwise end the
+    stage halfway."""
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < needed + FREE_SPACE_MARGIN:
+        images, margin = -(-needed // 2**20), FREE_SPACE_MARGIN // 2**20  # MB, rounded up
         raise StageError(
-            f"{folder}: the cache needs {needed / 2**20:,.0f} MB but only {free / 2**20:,.0f} MB "
-            f"are free there; free some space or lower preprocess.image_size")
+            f"{folder}: the cache needs {images + margin:,} MB ({images:,} MB of images and "
+            f"{margin} MB kept free) but only {free // 2**20:,} MB are free there; free some "
+            f"space or lower preprocess.image_size")
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,8 @@ def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     count, size = summary.get(f"{split}_images", 0), summary["image_size"]
     images_path, labels_path = (cache_dir / f"{split}_{kind}.npy" for kind in ("images",
                                                                                "labels"))
-    rebuild = "rebuild the cache with `dvc repro preprocess` (or `dvc checkout data/cache`)"
+    rebuild = ("rebuild the cache with `dvc repro preprocess` (or `dvc checkout --force "
+               "data/cache`)")
     if not count and not images_path.exists() and not labels_path.exists():
         return np.zeros((0, 3, size, size), np.uint8), np.zeros(0, np.int64)
     try:

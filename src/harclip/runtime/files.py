@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,22 @@ def output_lock(final: Path, what: str):
     return exclusive(final.parent / f".{final.name}.lock", what)
 
 
+HOLDER_NAME_WAIT_S = 2.0
+"""How long a refused run waits for the holder to write its name: it locks, then writes."""
+
+
+def _holder(handle) -> str:
+    """The name the lock's holder wrote into the lock file, read again for a moment while it
+    is empty: a holder that has just taken the lock may not have written it yet."""
+    deadline = time.monotonic() + HOLDER_NAME_WAIT_S
+    while True:
+        handle.seek(0)
+        holder = handle.read().strip()
+        if holder or time.monotonic() > deadline:
+            return holder
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def exclusive(lock_file: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file` for the block, or fail at once naming the live
@@ -79,8 +96,7 @@ def exclusive(lock_file: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = _holder(handle) or "another process"
             raise StageError(f"{what} is already running ({holder}; lock {lock_file}); wait "
                              f"for it to finish or stop it") from None
         handle.seek(0)
