@@ -78,7 +78,8 @@ def test_a_cache_that_does_not_fit_fails_before_writing_and_keeps_the_old_one(tm
     (cache / "train_images.npy").write_text("earlier cache")
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 10**6))
-    with pytest.raises(StageError, match=r"cache needs \d+ MB \(.* kept free\) but only 0 MB are free"):
+    refusal = r"cache needs \d+ MB \(.* kept free\) but only 0 MB are free"
+    with pytest.raises(StageError, match=refusal):
         pp.preprocess(preprocess_config(image_size=256, workers=1), raw, cache)
     assert (cache / "train_images.npy").read_text() == "earlier cache"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.lock", "cache", "raw"]

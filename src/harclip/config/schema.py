@@ -11,7 +11,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from pydantic.dataclasses import dataclass
 
 METHODS = ("clip", "sglip", "aclip")
@@ -30,6 +38,13 @@ def names_a_file(pretrained: str) -> bool:
     a file that exists, or a name with a suffix or a folder in it (tags have neither:
     `openai`, `webli`, `laion2b_s34b_b79k`)."""
     return Path(pretrained).is_file() or bool(Path(pretrained).suffix) or "/" in pretrained
+
+
+def _templates(templates: tuple[str, ...]) -> tuple[str, ...]:
+    if not templates or any("{}" not in template for template in templates):
+        raise ValueError("list at least one template, each containing '{}' (where the class's "
+                         "phrase goes)")
+    return templates
 
 
 def _check_device(device: str) -> None:
@@ -134,7 +149,8 @@ class TrainConfig:
     image_size: Annotated[StrictInt, Field(ge=16, le=1024)] | None
     """Model input size; null keeps the architecture's own."""
     head_init: Literal["text", "random"]
-    prompt_templates: tuple[StrictStr, ...]
+    prompt_templates: Annotated[tuple[StrictStr, ...], AfterValidator(_templates)]
+    """How a class reads as text: each template's `{}` takes the class's phrase."""
     prompt_names: dict[StrictStr, StrictStr]
     """A phrase per class for the templates' `{}` (e.g. using_laptop: using a laptop); other
     classes read as their name with underscores as spaces."""
@@ -195,8 +211,6 @@ class TrainConfig:
                              f"takes the GPU of its local rank; use auto, cuda or cpu")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
-        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
-            raise ValueError("prompt_templates: each template needs a '{}' where the action goes")
         _check_device(self.device)
 
 

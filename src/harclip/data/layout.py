@@ -105,17 +105,21 @@ def read_labels_csv(path: Path, shown_as: Path | str | None = None) -> list[Labe
 
 SMALL_CLASS_SHARE = 0.05
 """A class with fewer images than this share of the median class is flagged."""
+MEANINGFUL_MEDIAN = 10
+"""The smallest median class that says what a class's size should be: below it (a few images
+a class) no class is called a typo."""
 
 
 def flag_small_classes(files: Mapping[str, Sequence[str]], who: str, minimum: int = 1,
                        ) -> list[str]:
     """Warn of each class (files: class → its files, in row order) far smaller than the others
-    (under SMALL_CLASS_SHARE of the median) or under `minimum` images: most likely a mistyped
-    label that became a class of its own. Returns those classes."""
+    (under `minimum` images or SMALL_CLASS_SHARE of the median, and under half the median,
+    where the median is at least MEANINGFUL_MEDIAN): most likely a mistyped label that became
+    a class of its own. Returns those classes."""
     counts = {name: len(rows) for name, rows in files.items()}
     median = statistics.median(counts.values()) if counts else 0
-    small = [name for name, count in counts.items()
-             if count < minimum or count < SMALL_CLASS_SHARE * median]
+    small = [name for name, count in counts.items() if median >= MEANINGFUL_MEDIAN
+             and count < max(minimum, SMALL_CLASS_SHARE * median) and count < median / 2]
     for name in small:
         shown = ", ".join(files[name][:3]) + (", ..." if counts[name] > 3 else "")
         log.warning("%s: class %r has %d image(s) (%s), against a median of %g per class: a "

@@ -151,15 +151,19 @@ def build_classifier(name: str, pretrained: str | None, num_classes: int,
     return HarClassifier(clip, num_classes, open_clip.get_model_config(name)["embed_dim"])
 
 
-def build_model(config: TrainConfig, class_names: Sequence[str] = CLASS_NAMES, tokenizer=None
-                ) -> tuple[HarClassifier, PromptEncoder | None]:
+def build_model(config: TrainConfig, class_names: Sequence[str] = CLASS_NAMES, tokenizer=None,
+                section: str = "train") -> tuple[HarClassifier, PromptEncoder | None]:
     """The classifier with its class head, and the class-prompt encoder when the run uses text
-    (a `text` head or an image–text term; `tokenizer` defaults to the model's own)."""
+    (a `text` head or an image–text term; `tokenizer` defaults to the model's own). `section`
+    names the params section `config` came from, for messages."""
     phrases = dict(config.prompt_names)
     unknown = sorted(set(phrases) - set(class_names))
     if unknown and len(unknown) < len(phrases):  # some are classes: the others are typos
-        raise StageError(f"prompt_names: {', '.join(map(repr, unknown))} not among the "
-                         f"{len(class_names)} classes of the data")
+        shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise StageError(f"{section}.prompt_names: {shown} not among the {len(class_names)} "
+                         f"classes of the data; remove those entries (where train or "
+                         f"{section} sets them), or set prompt_names: {{}} to let the prompts "
+                         f"read the class names")
     if unknown:  # phrases for another data set's classes (the demo's, for HAR's 15)
         log.info("prompt_names describe none of the %d classes of the data; the prompts read "
                  "the class names", len(class_names))

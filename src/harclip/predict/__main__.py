@@ -5,7 +5,8 @@
 
 Each image goes through the checkpoint's own preprocessing (its input size and
 normalisation); directories are read recursively and scored in batches. A file that is not an
-image, or one of more pixels than PIL's limit (a decompression bomb), is reported and skipped.
+image, or one of more pixels than PIL's limit (a decompression bomb), is reported and skipped;
+when nothing was predicted the command says so and exits 2.
 The command line, the input files and the output formats live here (no torch: `--help`
 answers at once); the scoring is `harclip.predict.classify`.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harclip.runtime import harness
+from harclip.runtime.errors import StageError
 from harclip.runtime.log import log
 
 if TYPE_CHECKING:
@@ -69,11 +71,18 @@ def main() -> None:
         from harclip.predict.classify import classify, image_files
         from harclip.runtime.devices import resolve_device
 
+        files = image_files(args.inputs)
+        if not files:
+            raise StageError(f"nothing to predict: no files in "
+                             f"{', '.join(map(str, args.inputs))}")
         model, meta = load_checkpoint(args.model)
-        predictions, skipped = classify(model, meta, image_files(args.inputs), args.top_k,
-                                        args.batch_size, args.fit, resolve_device(args.device))
+        predictions, skipped = classify(model, meta, files, args.top_k, args.batch_size,
+                                        args.fit, resolve_device(args.device))
         for path, reason in skipped:
             log.warning("skipped %s: %s", path, reason)
+        if not predictions:
+            raise StageError(f"nothing predicted: none of the {len(files)} file(s) given is "
+                             f"a usable image (each is named above)")
         text = render(predictions, args.format)
         if args.output:
             args.output.write_text(text)

@@ -19,6 +19,7 @@ from harclip.data.layout import (
     read_labels_csv,
     read_left_out,
 )
+from harclip.runtime.errors import StageError
 from harclip.runtime.log import log
 
 
@@ -145,14 +146,26 @@ def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], 
 def drop_rare_classes(candidates: list[Candidate], classes: list[str], minimum: int
                       ) -> tuple[list[Candidate], list[Rejected], list[str]]:
     """Leave out the classes with fewer than `minimum` candidates (their rows reported as
-    `rare_class`), renumbering the rest; flag every class far smaller than the others."""
+    `rare_class`, the classes named in one line), renumbering the rest; flag every class far
+    smaller than the others. When most classes are that small the data set is, not a label:
+    refuse, saying how to keep them."""
     files: dict[str, list[str]] = {name: [] for name in classes}
     for candidate in candidates:
         files[classes[candidate.label]].append(candidate.filename)
-    flag_small_classes(files, "preprocess", minimum)
-    rare = {name for name, names in files.items() if len(names) < minimum}
+    typos = flag_small_classes(files, "preprocess", minimum)
+    rare = [name for name, names in files.items() if len(names) < minimum]
+    if len(rare) > len(classes) / 2:
+        raise StageError(
+            f"{len(rare)} of {len(classes)} classes have fewer than {minimum} images, the "
+            f"fewest preprocess keeps a class with (one image in each split, or "
+            f"preprocess.min_images_per_class): lower preprocess.val_fraction / "
+            f"test_fraction, or set preprocess.min_images_per_class (1 keeps every class)")
     if not rare:
         return candidates, [], classes
+    if quiet := [name for name in rare if name not in typos]:
+        log.warning("preprocess: left out %d class(es) with fewer than %d images "
+                    "(preprocess.min_images_per_class): %s", len(quiet), minimum,
+                    ", ".join(f"{name} ({len(files[name])})" for name in quiet))
     kept = [name for name in classes if name not in rare]
     new_id = {classes.index(name): index for index, name in enumerate(kept)}
     rejected = [Rejected(c.filename, "rare_class",

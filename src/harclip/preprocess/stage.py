@@ -39,6 +39,7 @@ def _preprocess(config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
     candidates, rare, classes = drop_rare_classes(candidates, classes,
                                                   config.fewest_images_per_class)
     rejected += rare
+    _need_two_classes(classes, raw_dir)
     workers = config.workers or len(os.sched_getaffinity(0))
     jobs = [(raw_dir / IMAGE_DIR / c.filename, config.image_size, config.fit,
              config.max_image_pixels) for c in candidates]
@@ -68,6 +69,7 @@ def _preprocess(config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
             f"preprocess.max_bad_fraction = {config.max_bad_fraction}; nothing was written. "
             f"First ones:\n  {examples}")
     items = [item for _, item in kept]
+    _need_two_classes(sorted({classes[item.label] for item in items}), raw_dir)
     split_of = choose_splits(config, [c for c, _ in kept], items)
     for index in (0, 1):
         if not (split_of == index).any():
@@ -81,3 +83,12 @@ def _preprocess(config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
              "%s)", counts, len(classes), config.image_size, out_dir, len(rejected),
              out_dir / "bad_files.csv")
     return summary
+
+
+def _need_two_classes(classes: list[str], raw_dir: Path) -> None:
+    """A classifier needs two classes: one would train and score 1.000 without a word."""
+    if len(classes) < 2:
+        held = f"only {classes[0]!r}" if classes else "none"
+        raise StageError(f"{raw_dir}: a classifier needs at least 2 classes with usable "
+                         f"images, and this data set has {held}; add images of other "
+                         f"classes (or check download.classes and the bad-file counts above)")

@@ -137,7 +137,7 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     train_images, train_labels = load_split(cache_dir, "train")
     val_images, val_labels = load_split(cache_dir, "val")
     class_names = cache_classes(cache_dir)
-    model, prompts = build_model(config, class_names)
+    model, prompts = build_model(config, class_names, section=f"train_{name}")
     model.to(device)
     if prompts is not None:
         prompts.to(device)

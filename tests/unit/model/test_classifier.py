@@ -46,9 +46,11 @@ def test_prompts_read_class_names_as_words_or_the_given_phrase():
                   ["using_laptop", "ice_skating"], ["a photo of a person {}."],
                   {"using_laptop": "using a laptop"})
     assert seen == ["a photo of a person using a laptop.", "a photo of a person ice skating."]
-    with pytest.raises(StageError, match="prompt_names: 'juggling' not among the 5 classes"):
+    with pytest.raises(StageError, match=r"^train_clip.prompt_names: 'juggling' not among "
+                                         r"the 5 classes of the data; remove those entries "
+                                         r".*or set prompt_names: \{\}"):
         build_model(train_config(prompt_names={"apple": "an apple", "juggling": "juggling"}),
-                    FRUIT)  # some phrases name classes: the rest are typos
+                    FRUIT, section="train_clip")  # some phrases name classes: the rest typos
 
 
 def test_phrases_for_another_data_sets_classes_are_set_aside(caplog):

@@ -91,6 +91,20 @@ def test_command_line_writes_json_and_reports_skipped_files(checkpoint, tmp_path
     assert missing.returncode == 2 and "nowhere.jpg: no such file" in missing.stderr
 
 
+@pytest.mark.parametrize("given", ["empty_folder", "empty_file"])
+def test_nothing_predicted_says_so_and_fails(checkpoint, tmp_path, given):
+    (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "empty_file").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "harclip.predict", "--model",
+                             str(checkpoint), given, "--output", "out.csv"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = "nothing to predict: no files in empty_folder" if given == "empty_folder" \
+        else "nothing predicted: none of the 1 file(s) given is a usable image"
+    assert expected in result.stderr.splitlines()[-1], result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_real_sample_images(checkpoint, har_sample):
     files = sorted((har_sample / "train").glob("*.jpg"))[:20]
     model, meta = load_checkpoint(checkpoint)
