@@ -92,3 +92,32 @@ def test_a_labels_file_or_image_folder_leading_outside_is_refused(tmp_path, else
                                          r"download.path; .*set download.path"):
         dl.download(download_config(source="folder", path=str(source)), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+def test_an_absolute_row_does_not_reach_a_link_leaving_data_raw(tmp_path, elsewhere):
+    """A CSV written on another machine names files by absolute path, matched in train/ by
+    base name: a link there that leads outside is refused as a relative row's is."""
+    raw = tmp_path / "raw"
+    kaggle_folder(raw, CLASSES, per_class=4)
+    (elsewhere / "photos" / "x.jpg").write_bytes(jpeg_bytes(5))
+    (raw / "train" / "x.jpg").symlink_to(elsewhere / "photos" / "x.jpg")
+    rows = [(row.filename, row.label) for row in read_labels_csv(raw / "Training_set.csv")]
+    write_labels_csv(raw / "Training_set.csv", [*rows, ("/home/someone/x.jpg", "eating"),
+                                                 ("C:\\data\\x.jpg", "eating")])
+    preprocess(preprocess_config(image_size=32, workers=1, val_fraction=0.25,
+                                 test_fraction=0.25, max_bad_fraction=0.5), raw,
+               tmp_path / "cache")
+    kinds = rejections(tmp_path / "cache", column="kind")
+    assert kinds["/home/someone/x.jpg"] == kinds["C:\\data\\x.jpg"] == "outside_dataset"
+    manifest = (tmp_path / "cache" / "manifest.csv").read_text()
+    assert "x.jpg" not in manifest.replace("_x.jpg", "")
+
+
+def test_a_kaggle_layout_folder_without_its_image_folder_is_named(tmp_path):
+    source = tmp_path / "har"
+    kaggle_folder(source, CLASSES)
+    for image in (source / "train").iterdir():
+        image.unlink()
+    (source / "train").rmdir()
+    with pytest.raises(StageError, match=r"har: Training_set.csv but no train/ folder beside"):
+        dl.download(download_config(source="folder", path=str(source)), tmp_path / "raw")

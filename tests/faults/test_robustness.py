@@ -181,9 +181,17 @@ def test_sigterm_stops_a_training_stage_cleanly_and_it_resumes(small_cache, tmp_
     assert "resuming after epoch" in run.finish()
 
 
+RESUME = ("clip: rerun to resume after the last saved epoch (every resume_every = 1; state in "
+          ".harclip/resume/clip)")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, sig):
+@pytest.mark.parametrize(("whom", "sig"), [("dvc", signal.SIGTERM), ("dvc", signal.SIGKILL),
+                                           ("group", signal.SIGTERM), ("group", signal.SIGINT)],
+                         ids=["SIGTERM-dvc", "SIGKILL-dvc", "SIGTERM-group", "Ctrl-C"])
+def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, whom, sig):
+    """README's rows: the dvc process alone killed, the whole process group stopped (timeout,
+    SLURM, Kubernetes), Ctrl-C in a terminal."""
     params = tiny_params()
     params["download"]["synthetic"].update(images_per_class=16, image_size=64)
     params["preprocess"]["image_size"] = 64
@@ -193,7 +201,8 @@ def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, s
     output = tmp_path / "repro.log"
     with open(output, "w") as log_file:
         dvc = subprocess.Popen([str(BIN / "dvc"), "repro", "train_clip"], cwd=tmp_path,
-                               env=project.env, stdout=log_file, stderr=subprocess.STDOUT)
+                               env=project.env, stdout=log_file, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     state = tmp_path / ".harclip/resume/clip/state.pt"
     while not state.is_file():
         assert dvc.poll() is None
@@ -201,19 +210,26 @@ def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, s
     training = [p for p in psutil.Process(dvc.pid).children(recursive=True)
                 if "harclip.train" in " ".join(p.cmdline())]
     assert training
-    dvc.send_signal(sig)
-    dvc.wait(timeout=30)
+    if whom == "dvc":
+        dvc.send_signal(sig)
+    else:
+        os.killpg(dvc.pid, sig)
+    dvc.wait(timeout=60)
     _, alive = psutil.wait_procs(training, timeout=15)
     assert not alive, "the training stage outlived the dvc process that ran it"
     assert state.is_file()  # what it had done is kept for the next run
     lines = output.read_text().splitlines()
-    last_epoch = max(i for i, line in enumerate(lines) if re.search(r" epoch \d+: ", line))
-    after = lines[last_epoch + 1:]
-    assert len(after) == 1, lines  # README: one line, whatever stopped dvc
-    assert after[0].endswith(f"stopped: the dvc process that started this stage ({dvc.pid}) "
-                             f"is gone (killed or stopped); clip: rerun to resume after the "
-                             f"last saved epoch (every resume_every = 1; state in "
-                             f".harclip/resume/clip)"), lines
+    started = next(i for i, line in enumerate(lines) if "clip: harclip-tiny-clip" in line)
+    said = [line for line in lines[started + 1:] if not re.search(r" epoch \d+: ", line)]
+    expected = {"dvc": f"stopped: the dvc process that started this stage ({dvc.pid}) is "
+                       f"gone (killed or stopped); {RESUME}",
+                "group": f"interrupted (SIGTERM); {RESUME}" if sig == signal.SIGTERM else
+                         f"interrupted; {RESUME}"}[whom]
+    assert said[0].endswith(expected), lines
+    dvcs_own = ["ERROR: failed to reproduce 'train_clip': failed to run: PYTHONPATH=src:"
+                "$PYTHONPATH python -m harclip.train clip, exited with 130"] \
+        if sig == signal.SIGINT else []
+    assert said[1:] == dvcs_own, lines
 
 
 def test_a_second_live_run_of_one_model_is_refused_and_a_dead_ones_lock_taken_over(

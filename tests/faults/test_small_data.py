@@ -44,15 +44,23 @@ def test_a_set_of_four_or_five_images_a_class_is_one_line_with_the_two_ways_out(
     params_data["download"]["synthetic"]["images_per_class"] = 5
     (tmp_path / params).write_text(yaml.safe_dump(params_data, sort_keys=False))
     downloaded = run_module("download", "--params", params, cwd=tmp_path)
-    assert downloaded.returncode == 0 and "WARNING" not in downloaded.stderr.upper(), \
-        downloaded.stderr
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert downloaded.stderr.count("\n") == 1 and "download: 75 images of 15 classes" in \
+        downloaded.stderr, downloaded.stderr  # its one line, no warning
     done = run_module("preprocess", "--params", params, cwd=tmp_path)
     assert done.returncode == 2 and "mistyped" not in done.stderr, done.stderr
-    one_line_error(done.stderr, "15 of 15 classes have fewer than 6 images",
-                   "lower preprocess.val_fraction / test_fraction",
+    one_line_error(done.stderr, "15 of 15 classes have fewer than 6 images, the fewest "
+                   "preprocess keeps a class with (one image in each split at "
+                   "preprocess.val_fraction 0.2 and test_fraction 0.1)",
+                   "raise preprocess.val_fraction / test_fraction",
                    "set preprocess.min_images_per_class")
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert not (tmp_path / "data/cache").exists()
+    params_data["preprocess"].update(val_fraction=0.2, test_fraction=0.2)  # the way out
+    (tmp_path / params).write_text(yaml.safe_dump(params_data, sort_keys=False))
+    done = run_module("preprocess", "--params", params, cwd=tmp_path)
+    assert done.returncode == 0 and "mistyped" not in done.stderr, done.stderr
+    assert "preprocess: 45 train + 15 val + 15 test images of 15 classes" in done.stderr
 
 
 def test_one_class_is_refused_before_decoding(tmp_path):

@@ -52,7 +52,8 @@ def test_check_params_names_every_key_whose_file_is_missing_and_the_fix(tmp_path
 @pytest.mark.slow
 def test_dvc_repro_without_the_starts_stops_before_removing_a_models_outputs(tmp_path):
     project = DvcProject(tmp_path, tiny_training_params())
-    project.repro("train_clip")
+    project.dvc("repro", "check_params", "train_clip")  # check_params in dvc.lock, unchanged
+    project.commit("trained")
     kept = {path: path.read_bytes() for path in
             [tmp_path / "models/clip.pt", *(tmp_path / "logs/clip").rglob("*")]
             if path.is_file()}
@@ -92,6 +93,21 @@ def test_a_file_that_is_not_a_starts_weights_is_one_line_and_runs_no_code(
     assert "\n" not in str(raised.value)
     assert not start.with_suffix(".ran").exists()  # the payload never ran
     assert not [w for w in recwarn if "please file an issue" in str(w.message)]
+
+
+def test_a_truncated_safetensors_start_is_one_line_that_does_not_blame_the_architecture(
+        tmp_path):
+    from safetensors.torch import save_file
+
+    start = tmp_path / "start.safetensors"
+    state = torch.load(SHIPPED, weights_only=True)["state_dict"]
+    save_file(state, start)
+    start.write_bytes(start.read_bytes()[:5000])
+    with pytest.raises(StageError) as raised:
+        create_backbone("harclip-tiny-clip", str(start), image_size=32)
+    assert str(raised.value).startswith(f"{start}: open_clip cannot read it as "
+                                        f"harclip-tiny-clip's weights (")
+    assert "\n" not in str(raised.value)
 
 
 def test_predict_on_a_pickle_carrying_code_says_one_line_and_no_torch_warning(tmp_path):

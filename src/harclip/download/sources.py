@@ -238,8 +238,11 @@ def _files_inside(folder: Path, dataset: Path, left_out: list[str], shown_from: 
     stay inside it, so `x.jpg -> /etc/passwd` is never read. Each link that leaves is added to
     `left_out` (its path from `shown_from`, a folder with a trailing /); hidden names, dangling
     links and links back into a folder already walked are skipped."""
+    def unreadable(err: OSError) -> None:
+        raise err
+
     walked = set()
-    for here, dirs, names in os.walk(folder, followlinks=True):
+    for here, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
         here = Path(here)
         if here.resolve() in walked:
             dirs[:] = []
@@ -272,7 +275,9 @@ def _copy_inside(folder: Path, dataset: Path, dest: Path, left_out: list[str],
         name = path.relative_to(shown_from).as_posix()
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        # The file the check resolved, not the link: a link swapped in since is copied as a
+        # link (which preprocess refuses), never followed.
+        shutil.copy2(path.resolve(), target, follow_symlinks=False)
         copied.append(name)
     return copied
 
@@ -287,6 +292,9 @@ def copy_folder(source: Path, dest: Path) -> tuple[int, list[str]]:
     dataset = source.resolve()
     left_out: list[str] = []
     if (source / LABELS_CSV).is_file():
+        if not (source / IMAGE_DIR).is_dir():
+            raise StageError(f"{source}: {LABELS_CSV} but no {IMAGE_DIR}/ folder beside it; "
+                             f"expected the Kaggle layout ({LABELS_CSV} and {IMAGE_DIR}/)")
         for part in (source / LABELS_CSV, source / IMAGE_DIR):
             if _leaves(part, dataset):
                 raise StageError(f"{part}: a link to {os.path.realpath(part)}, outside "

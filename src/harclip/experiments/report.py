@@ -54,8 +54,9 @@ def finished_runs(revs: list[str] | None = None) -> list[dict]:
         raise StageError("not inside a git repository with this project's experiments: run "
                          "it from the project's clone") from None
     except DvcException as err:
-        raise StageError(f"DVC cannot list the experiments here ({err}): run it from the "
-                         f"project's clone, at a commit that has them") from None
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise StageError(f"DVC cannot list the experiments here ({first_line}): run it from "
+                         f"the project's clone, at a commit that has them") from None
     rows = [per_model_params(row) for row in shown
             if row.get("rev") != "workspace" and row.get("State") in (None, "Success")]
     return sorted(rows, key=lambda row: row.get("typ") != "baseline")
@@ -297,25 +298,29 @@ def finetune_figure(found: dict, path: Path):
 def report(kind: str, out: Path, rows: list[dict]) -> tuple[str, list[Path]]:
     """The `kind` report's table and the files written: its markdown table and, for the
     ablation and the fine-tuning tools, its figure. Refused, leaving every file as it was,
-    while the commit's own run is all there is (a table of one run would overwrite the
-    committed results with next to nothing) or no run is one the report lists."""
-    refusal = StageError(f"no finished {kind} experiments beside the commit's own run, so "
-                         f"{out / f'{kind}.md'} is left as it was: queue them with `python -m "
-                         f"harclip.experiments {QUEUE[kind]}`, and report once `dvc queue "
-                         f"status` shows them done")
-    if len(varying_only(rows, FREE[kind])) < 2:
-        raise refusal
+    unless the runs hold what the report compares (a table of the commit's own run, or of
+    seeds of one configuration, would overwrite the committed results with next to nothing):
+    the seeds report needs every model at two seeds or more, the ablation two of its
+    configurations, the fine-tuning report a model with an arm beside full fine-tuning."""
+    refusal = StageError(f"no finished {kind} experiments beside the commit's own "
+                         f"configuration, so {out / f'{kind}.md'} is left as it was: queue "
+                         f"them with `python -m harclip.experiments {QUEUE[kind]}`, and "
+                         f"report once `dvc queue status` shows them done")
     figure = None
     if kind == "seeds":
-        table, _ = seeds_table(rows)
+        table, found = seeds_table(rows)
+        enough = all(len(entry["seeds"]) >= 2 for entry in found.values())
     elif kind == "finetune":
-        found = finetune_found(rows)
-        table, figure = finetune_table(found), finetune_figure
+        found, figure = finetune_found(rows), finetune_figure
+        enough = any(len([label for label in arms if not label.startswith("WiSE-FT")]) >= 2
+                     for arms in found.values())
     else:
         table, found = ablation_table(rows)
-        figure = ablation_figure
-        if not found:
-            raise refusal
+        figure, enough = ablation_figure, len(found) >= 2
+    if not enough:
+        raise refusal
+    if kind == "finetune":
+        table = finetune_table(found)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{kind}.md"]
     if figure:

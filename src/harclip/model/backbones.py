@@ -114,11 +114,14 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
     except StageError:
         raise
     except Exception as err:  # the hub client raises many network error types
-        if local:
+        if local and not isinstance(err, (MemoryError, torch.OutOfMemoryError)):
             first = (str(err).strip().splitlines() or [""])[0][:200]
-            raise StageError(f"{pretrained}: its weights do not fit {name} "
-                             f"({type(err).__name__}: {first}); give {name}'s own weights, or "
-                             f"the model they were saved from") from None
+            read = Path(pretrained).suffix not in OPEN_CLIP_READS  # read above: it is data
+            what = f"its weights do not fit {name}" if read else \
+                f"open_clip cannot read it as {name}'s weights"
+            raise StageError(f"{pretrained}: {what} ({type(err).__name__}: {first}); give "
+                             f"{name}'s own weights, or the model they were saved from") \
+                from None
         if not pretrained:
             raise
         raise StageError(
@@ -128,6 +131,10 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
             f"to train from random initialisation") from err
 
 
+OPEN_CLIP_READS = (".safetensors", ".npz", ".npy")
+"""Weights formats that hold data only, which open_clip reads itself (unchecked here)."""
+
+
 def _checked_start(path: Path, scratch: Path, resized: bool) -> str:
     """A local start read as data only before open_clip reads it: a pickle that carries code,
     a truncated or foreign file, or a fine-tuned harclip classifier is one line, and no
@@ -135,7 +142,7 @@ def _checked_start(path: Path, scratch: Path, resized: bool) -> str:
     size and stored in fp16 (the shipped starts are), a float32 copy in `scratch`: the bicubic
     resampling of the position embeddings has no fp16 kernel on the CPU. safetensors and
     big_vision's numpy files hold data only; open_clip reads them itself."""
-    if path.suffix in (".safetensors", ".npz", ".npy"):
+    if path.suffix in OPEN_CLIP_READS:
         return str(path)
     payload = load_data(path, "weights file")
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:

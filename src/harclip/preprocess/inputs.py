@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path, PureWindowsPath
 
+from harclip.config.schema import PreprocessConfig
 from harclip.data.cache import SPLITS
 from harclip.data.decode import Rejected
 from harclip.data.layout import (
@@ -56,9 +57,13 @@ class _ImageFolder:
         if _WINDOWS_ABSOLUTE.match(name) or name.startswith("/"):
             base = PureWindowsPath(name).name
             matches = self.by_base.get(base, [])
-            if len(matches) == 1:
+            if len(matches) == 1 and not self.leaves(matches[0]):
                 self.by_base_name += 1
                 return matches[0], None
+            if len(matches) == 1:
+                return None, Rejected(name, "outside_dataset",
+                                      f"absolute path at line {line}; its base name's file in "
+                                      f"{IMAGE_DIR}/ is a link leading outside it")
             if matches:
                 return None, Rejected(name, "ambiguous_name",
                                       f"absolute path at line {line}; its base name {base!r} "
@@ -68,11 +73,11 @@ class _ImageFolder:
                                   f"{IMAGE_DIR}/")
         if not name:
             return None, Rejected(name, "missing_file", f"no filename at line {line}")
-        path = (self.root / name).resolve()
-        if not path.is_relative_to(self.root):
+        if self.leaves(name):
             return None, Rejected(name, "outside_dataset",
                                   f"line {line} points outside the dataset folder "
                                   f"{IMAGE_DIR}/")
+        path = (self.root / name).resolve()
         if not path.is_file() and self.left_behind(name):
             return None, Rejected(name, "outside_dataset",
                                   f"line {line} names {LINK_LEFT_OUT}")
@@ -80,6 +85,10 @@ class _ImageFolder:
             return None, Rejected(name, "missing_file", f"listed at line {line} but missing "
                                                         f"from {IMAGE_DIR}/")
         return path.relative_to(self.root).as_posix(), None
+
+    def leaves(self, name: str) -> bool:
+        """Whether `name` under train/, its links followed, lies outside train/."""
+        return not (self.root / name).resolve().is_relative_to(self.root)
 
     def left_behind(self, name: str) -> bool:
         """Whether download left `name` out: a link, or inside a folder link, leading out."""
@@ -143,12 +152,17 @@ def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], 
     return candidates, rejected, classes
 
 
-def drop_rare_classes(candidates: list[Candidate], classes: list[str], minimum: int
+def drop_rare_classes(candidates: list[Candidate], classes: list[str],
+                      config: PreprocessConfig
                       ) -> tuple[list[Candidate], list[Rejected], list[str]]:
     """Leave out the classes with fewer than `minimum` candidates (their rows reported as
     `rare_class`, the classes named in one line), renumbering the rest; flag every class far
     smaller than the others. When most classes are that small the data set is, not a label:
     refuse, saying how to keep them."""
+    minimum = config.fewest_images_per_class
+    why_minimum = "preprocess.min_images_per_class" if config.min_images_per_class else \
+        f"one image in each split at preprocess.val_fraction {config.val_fraction:g} and " \
+        f"test_fraction {config.test_fraction:g}"
     files: dict[str, list[str]] = {name: [] for name in classes}
     for candidate in candidates:
         files[classes[candidate.label]].append(candidate.filename)
@@ -157,9 +171,11 @@ def drop_rare_classes(candidates: list[Candidate], classes: list[str], minimum: 
     if len(rare) > len(classes) / 2:
         raise StageError(
             f"{len(rare)} of {len(classes)} classes have fewer than {minimum} images, the "
-            f"fewest preprocess keeps a class with (one image in each split, or "
-            f"preprocess.min_images_per_class): lower preprocess.val_fraction / "
-            f"test_fraction, or set preprocess.min_images_per_class (1 keeps every class)")
+            f"fewest preprocess keeps a class with ({why_minimum}): raise "
+            f"preprocess.val_fraction / test_fraction, so that a small class's share of each "
+            f"split rounds up to an image (at 0.2 and 0.2, 3 images do; test_fraction: 0 "
+            f"drops the test split), or set preprocess.min_images_per_class (1 keeps every "
+            f"class, with some splits missing it)")
     if not rare:
         return candidates, [], classes
     if quiet := [name for name in rare if name not in typos]:

@@ -36,8 +36,7 @@ def preprocess(config: PreprocessConfig, raw_dir: Path = RAW_DIR,
 
 def _preprocess(config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
     candidates, rejected, classes = collect_candidates(raw_dir)
-    candidates, rare, classes = drop_rare_classes(candidates, classes,
-                                                  config.fewest_images_per_class)
+    candidates, rare, classes = drop_rare_classes(candidates, classes, config)
     rejected += rare
     _need_two_classes(classes, raw_dir)
     workers = config.workers or len(os.sched_getaffinity(0))

@@ -70,20 +70,9 @@ def output_lock(final: Path, what: str):
     return exclusive(final.parent / f".{final.name}.lock", what)
 
 
-HOLDER_NAME_WAIT_S = 2.0
-"""How long a refused run waits for the holder to write its name: it locks, then writes."""
-
-
-def _holder(handle) -> str:
-    """The name the lock's holder wrote into the lock file, read again for a moment while it
-    is empty: a holder that has just taken the lock may not have written it yet."""
-    deadline = time.monotonic() + HOLDER_NAME_WAIT_S
-    while True:
-        handle.seek(0)
-        holder = handle.read().strip()
-        if holder or time.monotonic() > deadline:
-            return holder
-        time.sleep(0.05)
+HOLDER_NAME_WAIT_S = 3.0
+"""How long a refused run waits for the holder to write its name (it locks, then writes), or
+for a holder that is just finishing to let go."""
 
 
 @contextlib.contextmanager
@@ -93,12 +82,19 @@ def exclusive(lock_file: Path, what: str) -> Iterator[None]:
     killed run is taken over (and said so)."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(handle) or "another process"
-            raise StageError(f"{what} is already running ({holder}; lock {lock_file}); wait "
-                             f"for it to finish or stop it") from None
+        deadline = time.monotonic() + HOLDER_NAME_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                if holder or time.monotonic() > deadline:  # named, or never going to be
+                    holder = holder or "another process"
+                    raise StageError(f"{what} is already running ({holder}; lock "
+                                     f"{lock_file}); wait for it to finish or stop it") from None
+                time.sleep(0.05)  # a holder that has locked but not yet written its name
         handle.seek(0)
         previous = handle.read().strip()
         if previous:

@@ -45,6 +45,7 @@ _STOP_CAUSE: dict[str, str] = {}
 
 
 def _stop(signum: int, _frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop: a second must not cut the clean-up
     raise Stopped(signum, _STOP_CAUSE.get("cause"))
 
 

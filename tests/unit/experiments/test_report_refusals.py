@@ -38,6 +38,26 @@ def test_a_report_with_only_the_commits_own_run_is_refused_and_rewrites_nothing(
     assert {path.name: path.read_bytes() for path in committed.iterdir()} == before
 
 
+@pytest.mark.parametrize("kind", ["ablation", "finetune"])
+def test_seeds_of_the_commits_own_configuration_alone_are_refused(committed, kind):
+    """A seeds sweep's runs pass every report's filter (a seed is free in each): they are no
+    ablation or fine-tuning comparison, and rewrite neither report."""
+    rows = [_aclip("cached", 0.75, seed, 0.5, typ="baseline" if seed == 0 else "exp")
+            for seed in (0, 1, 2)]
+    with pytest.raises(StageError, match=f"no finished {kind} experiments beside the commit's "
+                                         f"own configuration"):
+        report.report(kind, committed, rows)
+    assert (committed / f"{kind}.md").read_text().startswith(f"{kind}.md: 30 lines")
+    assert not (committed / f"{kind}.png").exists()
+
+
+def test_a_seeds_report_of_one_models_seeds_is_refused(committed):
+    rows = [_run(METRICS, {"train_aclip.seed": seed}, typ="baseline" if seed == 0 else "exp")
+            for seed in (0, 1)]
+    with pytest.raises(StageError, match="no finished seeds experiments"):
+        report.report("seeds", committed, rows)
+
+
 def test_an_ablation_whose_runs_are_none_of_its_configurations_is_refused(committed):
     rows = [_aclip("teacher", 0.6, 0, 0.5, typ="baseline"), _aclip("teacher", 0.6, 1, 0.6)]
     with pytest.raises(StageError, match="no finished ablation experiments"):
