@@ -223,21 +223,23 @@ def extract_kaggle_zip(zip_path: Path, dest: Path) -> int:
     return len(members)
 
 
-def _leaves(path: Path, dataset: Path) -> bool:
-    """Whether `path`, its links followed, lies outside `dataset` (a resolved folder); a link
-    that loops counts as leaving, since where it leads cannot be told."""
+def _inside(path: Path, dataset: Path) -> Path | None:
+    """`path` with its links followed, where that lies inside `dataset` (a resolved folder);
+    None where it leaves, or loops (where it leads cannot be told)."""
     try:
-        return not path.resolve().is_relative_to(dataset)
+        real = path.resolve()
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
-        return True
+        return None
+    return real if real.is_relative_to(dataset) else None
 
 
 def _files_inside(folder: Path, dataset: Path, left_out: list[str], shown_from: Path
-                  ) -> Iterator[Path]:
-    """The files under `folder` that are `dataset`'s own: links are followed only while they
-    stay inside it, so `x.jpg -> /etc/passwd` is never read. Each link that leaves is added to
-    `left_out` (its path from `shown_from`, a folder with a trailing /); hidden names, dangling
-    links and links back into a folder already walked are skipped."""
+                  ) -> Iterator[tuple[Path, Path]]:
+    """The files under `folder` that are `dataset`'s own, as (path, the file it resolves
+    to): links are followed only while they stay inside it, so `x.jpg -> /etc/passwd` is
+    never read. Each link that leaves is added to `left_out` (its path from `shown_from`, a
+    folder with a trailing /); hidden names, dangling links and links back into a folder
+    already walked are skipped."""
     def unreadable(err: OSError) -> None:
         raise err
 
@@ -250,20 +252,22 @@ def _files_inside(folder: Path, dataset: Path, left_out: list[str], shown_from: 
         walked.add(here.resolve())
         kept = []
         for name in sorted(dirs):
-            if not name.startswith("."):
-                if _leaves(here / name, dataset):
-                    left_out.append((here / name).relative_to(shown_from).as_posix() + "/")
-                else:
-                    kept.append(name)
+            if name.startswith("."):
+                continue
+            if _inside(here / name, dataset):
+                kept.append(name)
+            else:
+                left_out.append((here / name).relative_to(shown_from).as_posix() + "/")
         dirs[:] = kept
         for name in sorted(names):
             path = here / name
             if name.startswith("."):
                 continue
-            if _leaves(path, dataset):
+            real = _inside(path, dataset)
+            if real is None:
                 left_out.append(path.relative_to(shown_from).as_posix())
-            elif path.is_file():
-                yield path
+            elif real.is_file():
+                yield path, real
 
 
 def _copy_inside(folder: Path, dataset: Path, dest: Path, left_out: list[str],
@@ -271,13 +275,13 @@ def _copy_inside(folder: Path, dataset: Path, dest: Path, left_out: list[str],
     """Copy `folder`'s own files (see _files_inside) under `dest`, keeping their paths from
     `shown_from`; return those paths."""
     copied = []
-    for path in _files_inside(folder, dataset, left_out, shown_from):
+    for path, real in _files_inside(folder, dataset, left_out, shown_from):
         name = path.relative_to(shown_from).as_posix()
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         # The file the check resolved, not the link: a link swapped in since is copied as a
         # link (which preprocess refuses), never followed.
-        shutil.copy2(path.resolve(), target, follow_symlinks=False)
+        shutil.copy2(real, target, follow_symlinks=False)
         copied.append(name)
     return copied
 
@@ -296,7 +300,7 @@ def copy_folder(source: Path, dest: Path) -> tuple[int, list[str]]:
             raise StageError(f"{source}: {LABELS_CSV} but no {IMAGE_DIR}/ folder beside it; "
                              f"expected the Kaggle layout ({LABELS_CSV} and {IMAGE_DIR}/)")
         for part in (source / LABELS_CSV, source / IMAGE_DIR):
-            if _leaves(part, dataset):
+            if _inside(part, dataset) is None:
                 raise StageError(f"{part}: a link to {os.path.realpath(part)}, outside "
                                  f"download.path; links leaving the dataset folder are not "
                                  f"followed: set download.path to the folder that holds it")
@@ -307,7 +311,7 @@ def copy_folder(source: Path, dest: Path) -> tuple[int, list[str]]:
         return len(copied), left_out
     class_dirs = []
     for path in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if _leaves(path, dataset):
+        if _inside(path, dataset) is None:
             left_out.append(f"{path.name}/")
         else:
             class_dirs.append(path)
