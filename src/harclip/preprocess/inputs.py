@@ -57,7 +57,7 @@ class _ImageFolder:
         if _WINDOWS_ABSOLUTE.match(name) or name.startswith("/"):
             base = PureWindowsPath(name).name
             matches = self.by_base.get(base, [])
-            if len(matches) == 1 and not self.leaves(matches[0]):
+            if len(matches) == 1 and self.inside(matches[0]):
                 self.by_base_name += 1
                 return matches[0], None
             if len(matches) == 1:
@@ -73,11 +73,11 @@ class _ImageFolder:
                                   f"{IMAGE_DIR}/")
         if not name:
             return None, Rejected(name, "missing_file", f"no filename at line {line}")
-        if self.leaves(name):
+        path = self.inside(name)
+        if path is None:
             return None, Rejected(name, "outside_dataset",
                                   f"line {line} points outside the dataset folder "
                                   f"{IMAGE_DIR}/")
-        path = (self.root / name).resolve()
         if not path.is_file() and self.left_behind(name):
             return None, Rejected(name, "outside_dataset",
                                   f"line {line} names {LINK_LEFT_OUT}")
@@ -86,9 +86,10 @@ class _ImageFolder:
                                                         f"from {IMAGE_DIR}/")
         return path.relative_to(self.root).as_posix(), None
 
-    def leaves(self, name: str) -> bool:
-        """Whether `name` under train/, its links followed, lies outside train/."""
-        return not (self.root / name).resolve().is_relative_to(self.root)
+    def inside(self, name: str) -> Path | None:
+        """The file `name` under train/ is, its links followed, where that stays inside."""
+        path = (self.root / name).resolve()
+        return path if path.is_relative_to(self.root) else None
 
     def left_behind(self, name: str) -> bool:
         """Whether download left `name` out: a link, or inside a folder link, leading out."""
