@@ -3,8 +3,8 @@ find every pretrained file it names.
 
     python -m harclip.config [--params FILE]
 
-DVC runs it first on every `dvc repro` (a stage without outputs), so a mistyped section is
-caught even when no other stage has to run, and a missing start before DVC removes a
+DVC runs it first on every `dvc repro` (`always_changed` in dvc.yaml), so a mistyped section
+is caught even when no other stage has to run, and a missing start before DVC removes a
 training stage's outputs.
 """
 
