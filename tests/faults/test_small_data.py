@@ -63,6 +63,17 @@ def test_a_set_of_four_or_five_images_a_class_is_one_line_with_the_two_ways_out(
     assert "preprocess: 45 train + 15 val + 15 test images of 15 classes" in done.stderr
 
 
+def test_a_minimum_set_by_hand_is_the_key_the_advice_names(tmp_path):
+    class_folders(tmp_path / "mine", ("eating", "hugging", "running"), per_class=5)
+    dl.download(download_config(source="folder", path=str(tmp_path / "mine")), tmp_path / "raw")
+    with pytest.raises(StageError, match=r"3 of 3 classes have fewer than 8 images, the fewest "
+                                         r"preprocess keeps a class with \(preprocess"
+                                         r".min_images_per_class\): lower preprocess"
+                                         r".min_images_per_class \(1 keeps every class"):
+        preprocess(preprocess_config(image_size=16, workers=1, min_images_per_class=8),
+                   tmp_path / "raw", tmp_path / "cache")
+
+
 def test_one_class_is_refused_before_decoding(tmp_path):
     class_folders(tmp_path / "mine", ("eating",), per_class=10)
     dl.download(download_config(source="folder", path=str(tmp_path / "mine")), tmp_path / "raw")

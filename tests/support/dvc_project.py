@@ -24,7 +24,8 @@ class DvcProject:
         self.root = root
         shutil.copytree(REPO_ROOT / "src", root / "src",
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+        for name in ("dvc.yaml", ".gitignore", ".dvcignore"):  # as the repository has them
+            shutil.copy(REPO_ROOT / name, root / name)
         shutil.copytree(REPO_ROOT / "models" / "pretrained", root / "models" / "pretrained")
         self.write_params(params)
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",

@@ -3,9 +3,9 @@ find every pretrained file it names.
 
     python -m harclip.config [--params FILE]
 
-DVC runs it first on every `dvc repro` (`always_changed` in dvc.yaml), so a mistyped section
-is caught even when no other stage has to run, and a missing start before DVC removes a
-training stage's outputs.
+DVC runs it first on every plain `dvc repro` (`always_changed` in dvc.yaml), so a mistyped
+section is caught even when no other stage has to run, and a missing start before DVC removes
+a training stage's outputs (`dvc repro <stage>` skips it: no stage depends on it).
 """
 
 from __future__ import annotations

@@ -307,7 +307,7 @@ def copy_folder(source: Path, dest: Path) -> tuple[int, list[str]]:
         (dest / IMAGE_DIR).mkdir(parents=True)
         copied = _copy_inside(source / IMAGE_DIR, dataset, dest / IMAGE_DIR, left_out,
                               source / IMAGE_DIR)
-        shutil.copy2(source / LABELS_CSV, dest / LABELS_CSV)
+        shutil.copy2((source / LABELS_CSV).resolve(), dest / LABELS_CSV, follow_symlinks=False)
         return len(copied), left_out
     class_dirs = []
     for path in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -111,10 +111,10 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
             return open_clip.create_model(name, pretrained=weights or None,
                                           force_image_size=image_size,
                                           force_preprocess_cfg=normalisation or None)
-    except StageError:
+    except (StageError, MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as err:  # the hub client raises many network error types
-        if local and not isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        if local:
             first = (str(err).strip().splitlines() or [""])[0][:200]
             read = Path(pretrained).suffix not in OPEN_CLIP_READS  # read above: it is data
             what = f"its weights do not fit {name}" if read else \

@@ -170,13 +170,15 @@ def drop_rare_classes(candidates: list[Candidate], classes: list[str],
     typos = flag_small_classes(files, "preprocess", minimum)
     rare = [name for name, names in files.items() if len(names) < minimum]
     if len(rare) > len(classes) / 2:
-        raise StageError(
-            f"{len(rare)} of {len(classes)} classes have fewer than {minimum} images, the "
-            f"fewest preprocess keeps a class with ({why_minimum}): raise "
-            f"preprocess.val_fraction / test_fraction, so that a small class's share of each "
-            f"split rounds up to an image (at 0.2 and 0.2, 3 images do; test_fraction: 0 "
-            f"drops the test split), or set preprocess.min_images_per_class (1 keeps every "
-            f"class, with some splits missing it)")
+        ways_out = "lower preprocess.min_images_per_class (1 keeps every class, with some " \
+            "splits missing it)" if config.min_images_per_class else \
+            "raise preprocess.val_fraction / test_fraction, so that a small class's share " \
+            "of each split rounds up to an image (at 0.2 and 0.2, 3 images do; " \
+            "test_fraction: 0 drops the test split), or set preprocess.min_images_per_class " \
+            "(1 keeps every class, with some splits missing it)"
+        raise StageError(f"{len(rare)} of {len(classes)} classes have fewer than {minimum} "
+                         f"images, the fewest preprocess keeps a class with ({why_minimum}): "
+                         f"{ways_out}")
     if not rare:
         return candidates, [], classes
     if quiet := [name for name in rare if name not in typos]:

@@ -42,10 +42,15 @@ def positive_int(text: str) -> int:
 
 _STOP_CAUSE: dict[str, str] = {}
 """Why this process sent itself SIGTERM, where it did (its `dvc` is gone)."""
+ORPHAN_GRACE_S = 2.0
+"""How long a stage whose `dvc` is gone waits for a signal of its own (a whole process group
+stopped together) before it stops itself: Python runs a signal's handler only between two
+bytecodes, so a long torch call delays it."""
 
 
 def _stop(signum: int, _frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop: a second must not cut the clean-up
+    _STOP_CAUSE.setdefault("signalled", "yes")
     raise Stopped(signum, _STOP_CAUSE.get("cause"))
 
 
@@ -71,6 +76,9 @@ def _stop_with(pid: int) -> None:
     def watch() -> None:
         while process_alive(pid):
             time.sleep(1.0)
+        time.sleep(ORPHAN_GRACE_S)
+        if "signalled" in _STOP_CAUSE:  # stopped with its dvc: that signal says what happened
+            return
         _STOP_CAUSE["cause"] = f"stopped: the dvc process that started this stage ({pid}) " \
                                f"is gone (killed or stopped)"
         os.kill(os.getpid(), signal.SIGTERM)
