@@ -11,7 +11,7 @@ import numpy as np
 from harclip.config.params import SHARED, file_sections
 from harclip.config.schema import LABELS, METHODS
 from harclip.experiments.sweeps import ABLATION, FINETUNE, FINETUNE_KEYS
-from harclip.runtime.errors import StageError
+from harclip.runtime.errors import StageError, first_line
 
 FREE = {
     "seeds": {f"train_{m}.seed" for m in METHODS},
@@ -54,8 +54,8 @@ def finished_runs(revs: list[str] | None = None) -> list[dict]:
         raise StageError("not inside a git repository with this project's experiments: run "
                          "it from the project's clone") from None
     except DvcException as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise StageError(f"DVC cannot list the experiments here ({first_line}): run it from "
+        raise StageError(f"DVC cannot list the experiments here ("
+                         f"{first_line(err) or type(err).__name__}): run it from "
                          f"the project's clone, at a commit that has them") from None
     rows = [per_model_params(row) for row in shown
             if row.get("rev") != "workspace" and row.get("State") in (None, "Success")]

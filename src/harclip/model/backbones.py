@@ -22,7 +22,7 @@ from torch import nn
 
 from harclip.config.schema import names_a_file
 from harclip.model.storage import CHECKPOINT_FORMAT, load_data
-from harclip.runtime.errors import StageError
+from harclip.runtime.errors import StageError, first_line
 
 
 def _import_open_clip():
@@ -115,7 +115,7 @@ def create_backbone(name: str, pretrained: str | None, image_size: int | None = 
         raise
     except Exception as err:  # the hub client raises many network error types
         if local:
-            first = (str(err).strip().splitlines() or [""])[0][:200]
+            first = first_line(err)[:200]
             read = Path(pretrained).suffix not in OPEN_CLIP_READS  # read above: it is data
             what = f"its weights do not fit {name}" if read else \
                 f"open_clip cannot read it as {name}'s weights"

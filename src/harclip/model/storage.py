@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from harclip.runtime.errors import StageError
+from harclip.runtime.errors import StageError, first_line
 
 CHECKPOINT_FORMAT = "harclip-classifier"
 """The `format` of a fine-tuned classifier's file (`models/<method>.pt`)."""
@@ -46,6 +46,6 @@ def load_data(path: Path, kind: str):
             raise StageError(f"{path}: {what}; harclip never unpickles: do not load it with "
                              f"pickle (torch.load(weights_only=False)) unless you trust whoever "
                              f"made it") from None
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first_line(err)[:200]
         raise StageError(f"{path}: not a readable {kind} ({type(err).__name__}"
-                         f"{': ' + first_line[:200] if first_line else ''})") from None
+                         f"{': ' + first if first else ''})") from None

@@ -19,3 +19,9 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int, cause: str | None = None) -> None:
         super().__init__(signum)
         self.cause = cause
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message ("" for none): libraries' messages can run to many
+    lines, and a stage's error is one."""
+    return (str(err).strip().splitlines() or [""])[0]
