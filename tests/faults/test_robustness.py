@@ -92,7 +92,7 @@ def test_a_full_disk_anywhere_is_one_line_and_the_staging_folder_goes(tmp_path, 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache_module, "_write_images", full)
+    monkeypatch.setattr(cache_module.CacheWriter, "add", full)
     with pytest.raises(OSError) as raised:
         pp.preprocess(preprocess_config(image_size=SIZE, workers=1), raw, cache)
     assert raised.value.filename == str(cache)  # the message names the folder

@@ -4,13 +4,16 @@ JPEG after preprocess)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -56,47 +59,114 @@ class CacheItem:
     image: np.ndarray
 
 
-def _write_images(path: Path, images: Sequence[np.ndarray], size: int) -> None:
-    """An .npy of N×3×S×S uint8 written sequentially: a full disk raises ENOSPC here, where a
-    memory-mapped write would die of SIGBUS."""
-    header = {"descr": "|u1", "fortran_order": False, "shape": (len(images), 3, size, size)}
-    with open(path, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, header)
-        for image in images:
-            handle.write(np.ascontiguousarray(image, dtype=np.uint8).data)
+def cache_bytes(images: int, image_size: int) -> int:
+    """Disk space a cache of `images` images takes: the pixels, labels and manifest rows."""
+    return images * (3 * image_size**2 + 8) + 200 * images
+
+
+def _npy_header(count: int, size: int) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (count, 3, size, size)})
+    return header.getvalue()
+
+
+class CacheWriter:
+    """The cache's files written while the images arrive, one at a time: each split's images
+    are appended to its .npy, so memory holds the labels and manifest rows (a few bytes an
+    image) but never the images. Writes are sequential: a full disk raises ENOSPC here, where
+    a memory-mapped write would die of SIGBUS.
+
+    `planned` is each split's count as far as it is known before decoding; a split that ends
+    with fewer (files that turned out bad) gets its header rewritten by `close`.
+    """
+
+    def __init__(self, staging: Path, planned: Sequence[int], image_size: int) -> None:
+        self.staging, self.planned, self.size = staging, list(planned), image_size
+        self.open_files = contextlib.ExitStack()
+        self.files: dict[int, BinaryIO] = {}
+        self.labels: list[list[int]] = [[] for _ in SPLITS]
+        self.rows: list[list[tuple[str, str]]] = [[] for _ in SPLITS]
+        self.hashes: Counter[str] = Counter()
+
+    def _images_path(self, split: int) -> Path:
+        return self.staging / f"{SPLITS[split]}_images.npy"
+
+    def add(self, split: int, item: CacheItem) -> None:
+        if split not in self.files:
+            self.files[split] = self.open_files.enter_context(  # closed with the writer
+                open(self._images_path(split), "wb"))  # noqa: SIM115
+            self.files[split].write(_npy_header(self.planned[split], self.size))
+        if len(self.labels[split]) == self.planned[split]:
+            raise ValueError(f"more {SPLITS[split]} images than the {self.planned[split]} "
+                             f"planned")
+        self.files[split].write(np.ascontiguousarray(item.image, dtype=np.uint8).data)
+        self.labels[split].append(item.label)
+        self.rows[split].append((item.filename, item.sha256))
+        self.hashes[item.sha256] += 1
+
+    def counts(self) -> list[int]:
+        return [len(labels) for labels in self.labels]
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *error) -> None:
+        self.open_files.close()
+
+    def close(self, classes: Sequence[str], rejected: Sequence[Rejected] = (),
+              **summary) -> dict:
+        """Finish the images, write labels, manifest, class names, the bad-file report and the
+        summary that `load_split` checks the arrays against; return the summary."""
+        self.open_files.close()
+        summary = {"image_size": self.size, "classes": len(classes), **summary,
+                   "bad_files": len(rejected),
+                   "duplicate_groups": sum(1 for n in self.hashes.values() if n > 1)}
+        manifest = []
+        for index, split in enumerate(SPLITS):
+            count = summary[f"{split}_images"] = len(self.labels[index])
+            if not count:
+                self._images_path(index).unlink(missing_ok=True)
+                continue
+            self._fix_header(index, count)
+            np.save(self.staging / f"{split}_labels.npy",
+                    np.asarray(self.labels[index], dtype=np.int64))
+            manifest += [(split, row, name, classes[label], digest) for row, ((name, digest),
+                         label) in enumerate(zip(self.rows[index], self.labels[index],
+                                                 strict=True))]
+        with open(self.staging / "manifest.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("split", "index", "filename", "label", "sha256"))
+            writer.writerows(manifest)
+        write_report(self.staging / "bad_files.csv", list(rejected))
+        (self.staging / CLASSES_JSON).write_text(json.dumps(list(classes), indent=2) + "\n")
+        (self.staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _fix_header(self, split: int, count: int) -> None:
+        """The header states the planned count; where fewer came, state the real one, in
+        place: numpy pads a header to a 64-byte boundary with room to spare, so the count's
+        digits never change its length (checked, not assumed)."""
+        planned, real = (_npy_header(n, self.size) for n in (self.planned[split], count))
+        if len(planned) != len(real):
+            raise ValueError(f"an .npy header for {count} images is not as long as for "
+                             f"{self.planned[split]}")
+        with open(self._images_path(split), "r+b") as handle:
+            handle.write(real)
 
 
 def write_cache(out_dir: Path, items: Sequence[CacheItem], split_of: np.ndarray,
                 classes: Sequence[str], image_size: int, rejected: Sequence[Rejected] = (),
                 **summary) -> dict:
-    """Write the cache atomically: per split its images, labels and manifest rows; the class
-    names, the bad-file report and a summary that `load_split` checks the arrays against."""
-    check_free_space(out_dir.parent, len(items) * (3 * image_size**2 + 8) + 200 * len(items))
-    summary = {"image_size": image_size, "classes": len(classes), **summary,
-               "bad_files": len(rejected),
-               "duplicate_groups": sum(1 for n in Counter(i.sha256 for i in items).values()
-                                       if n > 1)}
-    with atomic_directory(out_dir) as staging:
-        manifest = []
-        for index, split in enumerate(SPLITS):
-            members = [items[i] for i in np.flatnonzero(split_of == index)]
-            summary[f"{split}_images"] = len(members)
-            if not members:
-                continue
-            _write_images(staging / f"{split}_images.npy", [m.image for m in members],
-                          image_size)
-            np.save(staging / f"{split}_labels.npy",
-                    np.asarray([m.label for m in members], dtype=np.int64))
-            manifest += [(split, row, m.filename, classes[m.label], m.sha256)
-                         for row, m in enumerate(members)]
-        with open(staging / "manifest.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(("split", "index", "filename", "label", "sha256"))
-            writer.writerows(manifest)
-        write_report(staging / "bad_files.csv", list(rejected))
-        (staging / CLASSES_JSON).write_text(json.dumps(list(classes), indent=2) + "\n")
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    """Write a cache of decoded `items` atomically (the tests' and benchmarks' way in;
+    preprocess streams through a CacheWriter itself)."""
+    check_free_space(out_dir.parent, cache_bytes(len(items), image_size))
+    planned = [int((split_of == index).sum()) for index in range(len(SPLITS))]
+    with atomic_directory(out_dir) as staging, \
+            CacheWriter(staging, planned, image_size) as writer:
+        for item, split in zip(items, split_of, strict=True):
+            writer.add(int(split), item)
+        return writer.close(classes, rejected, **summary)
 
 
 def read_summary(cache_dir: Path) -> dict:

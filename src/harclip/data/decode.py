@@ -134,6 +134,16 @@ def decode_file(job: tuple[Path, int, str, int]) -> tuple[np.ndarray | None, str
         return None, err.kind, str(err)
 
 
+def hash_file(path: Path) -> tuple[str | None, str]:
+    """Worker: (sha256 of the file's bytes, "") or (None, why it is unreadable); the split is
+    chosen from these before any image is decoded."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest(), ""
+    except OSError as err:
+        return None, f"unreadable ({err.strerror})"
+
+
 class _QuietOrphan(io.TextIOBase):
     """A pool worker's stderr that falls silent once the stage that started it is gone: the
     worker's next result, sent to the dead stage, raises BrokenPipeError, which

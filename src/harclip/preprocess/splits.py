@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from harclip.config.schema import PreprocessConfig
-from harclip.data.cache import SPLITS, CacheItem
+from harclip.data.cache import SPLITS
 from harclip.preprocess.inputs import Candidate
 from harclip.runtime.log import log
 
@@ -46,15 +46,16 @@ def assign_splits(labels: Sequence[int], hashes: Sequence[str], val_fraction: fl
 
 
 def choose_splits(config: PreprocessConfig, candidates: list[Candidate],
-                  items: list[CacheItem]) -> np.ndarray:
-    """The CSV's own splits where it gives them, else a seeded stratified split."""
+                  hashes: list[str]) -> np.ndarray:
+    """The CSV's own splits where it gives them, else a seeded stratified split; `hashes` are
+    the files' sha256, so both are known before anything is decoded."""
     if not candidates[0].split:
-        return assign_splits([i.label for i in items], [i.sha256 for i in items],
-                             config.val_fraction, config.test_fraction, config.seed)
+        return assign_splits([c.label for c in candidates], hashes, config.val_fraction,
+                             config.test_fraction, config.seed)
     split_of = np.asarray([SPLITS.index(c.split) for c in candidates])
     sides: dict[str, set] = defaultdict(set)
-    for item, side in zip(items, split_of, strict=True):
-        sides[item.sha256].add(int(side))
+    for digest, side in zip(hashes, split_of, strict=True):
+        sides[digest].add(int(side))
     straddling = sum(1 for s in sides.values() if len(s) > 1)
     if straddling:
         log.warning("preprocess: %d byte-identical images sit in more than one of the "
