@@ -8,8 +8,8 @@ Runs the stage's own `preprocess()` (decode, EXIF, RGB, resize, hash, split, wri
 on a copy-free view of the sample and prints a table; numbers belong in docs/benchmarks.md.
 `--memory` runs the stage's command on the sample repeated that many times (each copy made
 unique by trailing bytes JPEG decoders ignore, so no two files are duplicates) and reports
-its peak resident memory: the stage process's own, and its process tree's (workers
-included, sampled every 50 ms).
+its peak resident memory, read every 50 ms: the stage process's own (its VmHWM), and its
+process tree's (the decoding workers included).
 """
 
 from __future__ import annotations
@@ -91,28 +91,35 @@ def repeated_sample(sample: Path, images: int, raw: Path) -> None:
             writer.writerow((name, row["label"]))
 
 
+def _high_water_mark(pid: int) -> int:
+    """A live process's peak RSS in bytes (VmHWM: its own since exec, where getrusage's
+    ru_maxrss would count the benchmark's pages it was forked with)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def peak_memory(command: list[str]) -> tuple[float, float, float]:
-    """Run `command`; (seconds, the peak RSS of its largest process, its process tree's
-    sampled peak) in MB. The first is the kernel's own count (wait4), for this child and
-    its descendants only."""
+    """Run `command`; (seconds, its peak RSS, its process tree's peak) in MB, read every
+    50 ms: the first is the kernel's high-water mark at the last reading, the second the
+    largest sum of the tree's RSS seen."""
     import psutil
 
     start = time.perf_counter()
     process = psutil.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    tree_peak = 0
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
+    stage_peak = tree_peak = 0
+    while process.poll() is None:
         try:
+            stage_peak = max(stage_peak, _high_water_mark(process.pid))
             tree = [process, *process.children(recursive=True)]
             tree_peak = max(tree_peak, sum(p.memory_info().rss for p in tree))
-        except psutil.Error:
+        except (psutil.Error, OSError):
             pass
         time.sleep(0.05)
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"{' '.join(command)} failed ({os.waitstatus_to_exitcode(status)})")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, tree_peak / 2**20
+    if process.returncode:
+        sys.exit(f"{' '.join(command)} failed ({process.returncode})")
+    return time.perf_counter() - start, stage_peak / 2**20, tree_peak / 2**20
 
 
 def memory(sample: Path, multiples: list[float], size: int, work: Path,

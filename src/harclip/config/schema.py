@@ -196,6 +196,10 @@ class TrainConfig:
     label_smoothing: Annotated[StrictFloat, Field(ge=0.0, lt=1.0)]
     grad_checkpointing: StrictBool
     """Recompute activations in the backward pass: less memory, more time."""
+    cache_in_memory: Literal["auto"] | StrictBool
+    """Where the training and validation images are kept: true loads them (onto the GPU when
+    they fit, else into RAM), false streams them from the memory-mapped cache, auto streams a
+    split larger than half the host's available memory."""
 
     def __post_init__(self) -> None:
         if self.batch_size % self.nprocs:

@@ -64,7 +64,7 @@ def inference_cost(model: nn.Module, split: CachedSplit, seconds: float, view: D
                    batch_size: int, dtype: torch.dtype | None, temperature: float) -> dict:
     """report.json's `inference`: the device, the batch size, the img/s of the split's timed
     scoring pass (`seconds`), and one image's latency p50 / p95."""
-    image = split.images[0].cpu().numpy()
+    image = split.image(0)
     p50, p95 = latency_ms(model, image, view, dtype, temperature, split.device)
     return {"device": device_name(split.device), "batch_size": batch_size,
             "img_s": round(len(split) / seconds, 1),

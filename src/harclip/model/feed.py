@@ -1,18 +1,45 @@
 """The training feed: the uint8 cache where the model runs, batches taken from it in an
 epoch's order, and the effective batches every process shares equally.
 
-No JPEG is decoded during training: the cache is loaded once, onto the GPU when it fits (else
-into host memory, each batch pinned and copied asynchronously), and a batch is an index into
-it.
+No JPEG is decoded during training. A split's images are loaded once onto the GPU when they
+fit, else into host memory (each batch pinned and copied asynchronously), else, for a cache
+larger than memory, read batch by batch from the memory-mapped file by DataLoader workers. A
+batch is an index into the split in every case, so the three give the same batches.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
+from harclip.runtime.devices import host_memory_available
+
+MEMORY_SHARE = 0.5
+"""The share of the GPU's free memory, or of the host's available memory, that a split's
+images may take there when `cache_in_memory` is auto."""
+
+Placement = Literal["device", "host", "stream"]
+
+
+def placement(nbytes: int, device: torch.device, cache_in_memory: bool | str,
+              host_budget: int | None = None) -> Placement:
+    """Where a split's images are kept: on the GPU ("device"), in host memory ("host"), or
+    read from the memory-mapped cache batch by batch ("stream"). `True` never streams, `False`
+    always does; auto streams a split larger than `host_budget` (MEMORY_SHARE of what the host
+    has available unless given)."""
+    if cache_in_memory is False:
+        return "stream"
+    if device.type == "cuda" and nbytes < MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return "device"
+    if host_budget is None:
+        host_budget = int(MEMORY_SHARE * host_memory_available())
+    return "host" if cache_in_memory is True or nbytes <= host_budget else "stream"
 
 
 @dataclass
@@ -28,19 +55,57 @@ class Batch:
     whole: torch.Tensor | None = None
 
 
+class CacheRows(Dataset):
+    """Batches of a split's rows read from its memory-mapped file, the rows of each batch in
+    file order (runs of adjacent rows read as one). Each worker maps the file itself: a
+    memory map sent to a spawned process would be copied whole."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.shape = images.shape
+        mapped = isinstance(images, np.memmap) and images.filename is not None
+        self.source = (images.filename, images.offset) if mapped else None
+        self.images = None if mapped else images
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "images": None} if self.source else self.__dict__
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.images is None:
+            filename, offset = self.source
+            self.images = np.memmap(filename, np.uint8, "r", offset, self.shape)
+        ascending = torch.argsort(rows)
+        batch = torch.empty((len(rows), *self.shape[1:]), dtype=torch.uint8)
+        batch[ascending] = torch.from_numpy(self.images[rows[ascending].numpy()])
+        return batch
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def stream_workers() -> int:
+    """DataLoader workers reading a streamed split: copying rows is light work, so a quarter
+    of the cores (one to four) keeps a GPU fed without taking the training's CPU."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) // 4))
+
+
 class CachedSplit:
-    """A split of the uint8 cache: on the GPU when it fits in `device_fraction` of the free
-    memory, else in host memory with each batch pinned and copied asynchronously."""
+    """A split of the uint8 cache, kept where `placement` says: on the GPU, in host memory
+    with each batch pinned and copied asynchronously, or streamed from the memory-mapped
+    file."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device,
-                 device_fraction: float = 0.5) -> None:
-        array = torch.from_numpy(np.array(images))  # reads a memory-mapped cache into RAM
+                 cache_in_memory: bool | str = "auto", host_budget: int | None = None) -> None:
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.device = device
-        fits = device.type == "cuda" and \
-            array.numel() < device_fraction * torch.cuda.mem_get_info(device)[0]
-        self.images = array.to(device) if fits else array
-        self.resident = fits or device.type != "cuda"
+        self.where = placement(images.nbytes, device, cache_in_memory, host_budget)
+        if self.where == "stream":
+            self.images = images
+            self.rows = CacheRows(images)
+        else:  # reads a memory-mapped cache into RAM
+            array = torch.from_numpy(np.array(images))
+            self.images = array.to(device) if self.where == "device" else array
+        self.resident = self.where == "device" or \
+            (self.where == "host" and device.type != "cuda")
         """Whether batches are indexed where the images are (the GPU, or a CPU run's RAM),
         rather than gathered on the host and uploaded."""
 
@@ -49,7 +114,12 @@ class CachedSplit:
 
     @property
     def nbytes(self) -> int:
-        return self.images.numel() * self.images.element_size()
+        return self.images.nbytes
+
+    def image(self, row: int) -> np.ndarray:
+        """One image (3×S×S uint8) on the host."""
+        image = self.images[row]
+        return image.cpu().numpy() if isinstance(image, torch.Tensor) else np.array(image)
 
     def host_index(self, order: torch.Tensor) -> torch.Tensor:
         """`order` ready for `batches`: in pinned memory on a GPU, so that each batch's
@@ -60,15 +130,29 @@ class CachedSplit:
                 with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
         """(uint8 images, labels[, rows]) on the device, in `order` (a CPU index tensor; pass
         it through `host_index` first where no host sync is wanted)."""
-        for start in range(0, len(order), size):
-            index = order[start:start + size]
+        indices = [order[start:start + size] for start in range(0, len(order), size)]
+        for index, streamed in zip(indices, self._streamed(indices), strict=True):
             on_device = index.to(self.device, non_blocking=True)
             if self.resident:
                 images = self.images[on_device]
+            elif streamed is not None:
+                images = streamed.to(self.device, non_blocking=True)
             else:  # indexing copies the batch; pinning that copy makes the upload async
                 images = self.images[index].pin_memory().to(self.device, non_blocking=True)
             yield (images, self.labels[on_device], on_device) if with_index else \
                 (images, self.labels[on_device])
+
+    def _streamed(self, indices: list[torch.Tensor]) -> Iterator[torch.Tensor | None]:
+        """The batches read ahead by DataLoader workers (pinned on a GPU) where the split
+        streams; else None for each. The loader draws its workers' seeds from its own
+        generator, never the global one the run's randomness comes from."""
+        if self.where != "stream":
+            yield from (None for _ in indices)
+            return
+        workers = stream_workers()
+        yield from DataLoader(self.rows, batch_size=None, sampler=indices, num_workers=workers,
+                              pin_memory=self.device.type == "cuda", prefetch_factor=4,
+                              generator=torch.Generator())
 
 
 def padded(images: torch.Tensor, size: int) -> torch.Tensor:

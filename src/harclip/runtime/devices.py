@@ -43,6 +43,17 @@ def describe() -> str:
     return f"{len(os.sched_getaffinity(0))} CPU cores ({cpu}){memory}{gpu}"
 
 
+def host_memory_available() -> int:
+    """Bytes the host can still give without swapping: MemAvailable (free memory and the page
+    cache it may drop), else the free pages alone."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def resolve_device(name: str) -> torch.device:
     """The device `name` means, a GPU always with its index: tensors moved to
     `torch.device("cuda")` report `cuda:0`, and the two do not compare equal."""

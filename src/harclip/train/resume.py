@@ -21,7 +21,7 @@ from harclip.train.engine import Trainer
 
 RESUME_DIR = Path(".harclip/resume")
 RESUME_FORMAT = "harclip-resume"
-RESUME_INDEPENDENT = ("nprocs", "log_every", "resume_every")
+RESUME_INDEPENDENT = ("nprocs", "log_every", "resume_every", "cache_in_memory")
 """Params a run can resume across: the trajectory does not depend on them."""
 
 

@@ -144,8 +144,13 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     objective = build_objective(config, model, prompts)
     augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip),
                             scale=(config.augment.scale_min, 1.0), flip=config.augment.flip)
-    train_split = CachedSplit(train_images, train_labels, device)
-    val_split = CachedSplit(val_images, val_labels, device)
+    train_split, val_split = (CachedSplit(images, labels, device, config.cache_in_memory)
+                              for images, labels in ((train_images, train_labels),
+                                                     (val_images, val_labels)))
+    if streamed := [f"{split} ({data.nbytes / 2**20:,.0f} MB)" for split, data in
+                    (("train", train_split), ("val", val_split)) if data.where == "stream"]:
+        log.info("%s: the %s images stream from %s (cache_in_memory: %s)", name,
+                 " and ".join(streamed), cache_dir, config.cache_in_memory)
     trainer = Trainer(model, objective, train_split, val_split, augment, config, world)
     if config.compile:  # after the Trainer's copies (the weights' EMA) are made
         model.clip.visual.compile()

@@ -1,5 +1,5 @@
-"""The feed: effective batches shared equally over the processes, and a resident cache indexed
-where it lies."""
+"""The feed: effective batches shared equally over the processes, a resident cache indexed
+where it lies, and a split larger than the memory budget streamed with the same batches."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from harclip.data.cache import CacheItem, load_split, write_cache
 from harclip.model.feed import (
     CachedSplit,
     effective_batches,
+    placement,
     resident_cache_bytes,
     steps_per_epoch,
 )
@@ -34,3 +36,50 @@ def test_every_step_splits_evenly_over_the_processes(images, batch, processes):
     used = torch.cat(groups)
     assert len(set(used.tolist())) == len(used)  # no image twice
     assert images - len(used) < processes  # at most processes - 1 sit out
+
+
+def _memory_mapped_split(tmp_path, count=37, size=16):
+    """A split as the stages read it: load_split's memory map of a written cache."""
+    rng = np.random.default_rng(0)
+    items = [CacheItem(f"{i}.jpg", i % 3, f"h{i}",
+                       rng.integers(0, 256, (3, size, size), dtype=np.uint8))
+             for i in range(count)]
+    write_cache(tmp_path, items, np.zeros(count, np.int64), ["a", "b", "c"], size)
+    return load_split(tmp_path, "train")
+
+
+def test_auto_streams_a_split_over_the_budget_and_true_or_false_decide_alone():
+    cpu = torch.device("cpu")
+    assert placement(10**6, cpu, "auto", host_budget=10**7) == "host"
+    assert placement(10**6, cpu, "auto", host_budget=10**5) == "stream"
+    assert placement(10**6, cpu, True, host_budget=10**5) == "host"
+    assert placement(10**6, cpu, False, host_budget=10**7) == "stream"
+    assert placement(10**6, cpu, "auto") == "host"  # a megabyte fits any test machine
+
+
+@pytest.mark.parametrize("with_index", [False, True])
+def test_a_streamed_split_gives_the_resident_splits_batches(tmp_path, with_index):
+    images, labels = _memory_mapped_split(tmp_path)
+    cpu = torch.device("cpu")
+    resident = CachedSplit(images, labels, cpu, "auto")
+    streamed = CachedSplit(images, labels, cpu, "auto", host_budget=images.nbytes // 2)
+    assert resident.where == "host" and streamed.where == "stream"
+    assert streamed.rows.images is None  # each reader maps the file itself
+    assert resident_cache_bytes(streamed) == 0 < resident_cache_bytes(resident)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
+    pairs = zip(resident.batches(order, 8, with_index), streamed.batches(order, 8, with_index),
+                strict=True)
+    for ours, theirs in pairs:
+        assert len(ours) == len(theirs)
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert np.array_equal(streamed.image(5), images[5])
+
+
+def test_streaming_leaves_the_global_random_stream_alone(tmp_path):
+    images, labels = _memory_mapped_split(tmp_path)
+    split = CachedSplit(images, labels, torch.device("cpu"), False)
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    list(split.batches(torch.arange(len(labels)), 10))
+    assert torch.equal(torch.rand(3), expected)

@@ -1,7 +1,7 @@
 """The training engine: a step lowers the loss, micro-batches accumulate to the one-batch
 gradient, a NaN stops the run naming the step, the weights' EMA, a linear probe, DDP over a
 group of one, no recompile in validation, no host reads without a progress bar, constants
-kept on the device."""
+kept on the device, a streamed cache on the resident one's trajectory."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from harclip.data.cache import CacheItem, load_split, write_cache
 from harclip.model.backbones import image_normalisation
 from harclip.model.classifier import build_model
 from harclip.model.feed import Batch, CachedSplit, effective_batches
@@ -251,3 +252,25 @@ def test_train_records_the_studys_columns_every_epoch():
         assert record.epoch_time_s > 0 and record.images_per_s > 0
         assert record.peak_memory_mb > 10  # the process's peak RSS on CPU
     assert history[-1].lr < history[0].lr
+
+
+def test_a_streamed_cache_trains_on_the_resident_caches_trajectory(tmp_path):
+    """Same seed, same order of images and crops: the first epochs' losses are identical."""
+    rng = np.random.default_rng(0)
+    items = [CacheItem(f"{i}", i % 15, f"h{i}",
+                       rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)) for i in range(45)]
+    write_cache(tmp_path, items, np.arange(45) // 30, list(map(str, range(15))), 64)
+    splits = [load_split(tmp_path, split) for split in ("train", "val")]
+    histories = []
+    for budget in (None, 1):  # the machine's, then one byte: auto streams both splits
+        torch.manual_seed(0)
+        model, _ = build_model(train_config())
+        train_split, val_split = (CachedSplit(*split, CPU, "auto", host_budget=budget)
+                                  for split in splits)
+        assert train_split.where == ("host" if budget is None else "stream")
+        config = train_config(epochs=2, batch_size=10, augment=augment_config(scale_min=0.5))
+        histories.append(Trainer(model, Objective(), train_split, val_split,
+                                 _augment_for(model), config).fit())
+    for resident, streamed in zip(*histories, strict=True):
+        assert (resident.train_loss, resident.val_loss, resident.val_acc) == \
+            (streamed.train_loss, streamed.val_loss, streamed.val_acc)
