@@ -18,12 +18,13 @@ import argparse
 import csv
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from measure import peak_memory
 
 from harclip.config.params import load_params
 from harclip.preprocess.stage import preprocess
@@ -89,37 +90,6 @@ def repeated_sample(sample: Path, images: int, raw: Path) -> None:
             data = (sample / "train" / row["filename"]).read_bytes()
             (raw / "train" / name).write_bytes(data + b"\0" * copy)
             writer.writerow((name, row["label"]))
-
-
-def _high_water_mark(pid: int) -> int:
-    """A live process's peak RSS in bytes (VmHWM: its own since exec, where getrusage's
-    ru_maxrss would count the benchmark's pages it was forked with)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def peak_memory(command: list[str]) -> tuple[float, float, float]:
-    """Run `command`; (seconds, its peak RSS, its process tree's peak) in MB, read every
-    50 ms: the first is the kernel's high-water mark at the last reading, the second the
-    largest sum of the tree's RSS seen."""
-    import psutil
-
-    start = time.perf_counter()
-    process = psutil.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    stage_peak = tree_peak = 0
-    while process.poll() is None:
-        try:
-            stage_peak = max(stage_peak, _high_water_mark(process.pid))
-            tree = [process, *process.children(recursive=True)]
-            tree_peak = max(tree_peak, sum(p.memory_info().rss for p in tree))
-        except (psutil.Error, OSError):
-            pass
-        time.sleep(0.05)
-    if process.returncode:
-        sys.exit(f"{' '.join(command)} failed ({process.returncode})")
-    return time.perf_counter() - start, stage_peak / 2**20, tree_peak / 2**20
 
 
 def memory(sample: Path, multiples: list[float], size: int, work: Path,

@@ -2,6 +2,8 @@
 
     python benchmarks/train_bench.py                      # the HAR recipe on a GPU
     python benchmarks/train_bench.py --small --device cpu # tiny shapes, any machine
+    python benchmarks/train_bench.py --small --overhead   # the engine against a bare loop
+    python benchmarks/train_bench.py --small --stream     # a streamed cache against a resident
 
 Runs the real engine (`harclip.train.engine.Trainer`: device-resident uint8 cache, on-device
 augmentation, bf16 autocast, fused AdamW, optional torch.compile) on HAR-sized synthetic data
@@ -89,17 +91,90 @@ def synthetic_cache(count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
-            device: torch.device) -> dict:
+            device: torch.device, cache_in_memory: bool | str = True,
+            after_epoch=lambda record: None) -> dict:
     model, objective = build(config, device)
     if config.compile:
         model.clip.visual.compile()
     augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip))
-    train_split = CachedSplit(images, labels, device)
-    val_split = CachedSplit(images[:64], labels[:64], device)
-    history = Trainer(model, objective, train_split, val_split, augment, config).fit()
+    train_split = CachedSplit(images, labels, device, cache_in_memory)
+    val_split = CachedSplit(images[:64], labels[:64], device, True)
+    history = Trainer(model, objective, train_split, val_split, augment, config).fit(
+        after_epoch)
     timed = history[-1]
     return {"images_per_s": timed.images_per_s, "epoch_time_s": timed.epoch_time_s,
             "peak_memory_mb": timed.peak_memory_mb}
+
+
+def bare_loop(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
+              device: torch.device) -> dict:
+    """The stage's step with nothing around it: the same model, cache on the device, crops,
+    autocast and AdamW, but no clipping, schedule, loss bookkeeping or progress bar; the
+    second epoch is timed, as the engine's is."""
+    model, objective = build(config, device)
+    if config.compile:
+        model.clip.visual.compile()
+    augment = DeviceAugment(model_image_size(model.clip), *image_normalisation(model.clip))
+    split = CachedSplit(images, labels, device, True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.lr, betas=config.betas,
+                                  weight_decay=config.weight_decay,
+                                  fused=device.type == "cuda")
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    generator = torch.Generator(device=device).manual_seed(0)
+    model.train()
+    for _epoch in (1, 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        order = split.host_index(torch.randperm(len(split)))
+        crops = augment.crop_params(len(split), generator, device)
+        seen = 0
+        for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
+            (batch, batch_labels, index), = split.batches(
+                order[start:start + config.batch_size], config.batch_size, with_index=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss, _, _ = objective.loss(model, Batch(augment.warp(batch, crops[index]),
+                                                         batch_labels, index))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seen += len(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+    return {"images_per_s": seen / elapsed, "epoch_time_s": elapsed,
+            "peak_memory_mb": float("nan")}
+
+
+def streamed(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
+             device: torch.device) -> list[tuple[str, dict]]:
+    """The stage's engine fed from a memory-mapped cache file (cache_in_memory: false), its
+    pages cached, then dropped from the page cache before the timed epoch (where the OS
+    allows: posix_fadvise), beside the same file read into memory."""
+    from harclip.data.cache import CacheItem, load_split, write_cache
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        cache = Path(folder)
+        write_cache(cache, [CacheItem(str(i), int(label), str(i), image)
+                            for i, (image, label) in enumerate(zip(images, labels, strict=True))],
+                    np.zeros(len(images), np.int64), CLASS_NAMES, images.shape[-1])
+        mapped, mapped_labels = load_split(cache, "train")
+
+        def drop(_record) -> None:
+            with open(cache / "train_images.npy", "rb") as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+        for label, where, hook in [("resident (cache_in_memory: true)", True, None),
+                                   ("streamed, file in the page cache", False, None),
+                                   ("streamed, page cache dropped", False, drop)]:
+            if hook is drop and not hasattr(os, "posix_fadvise"):
+                continue
+            rows.append((f"train_clip, {label}",
+                         measure(config, mapped, mapped_labels, device, where,
+                                 hook or (lambda record: None))))
+    return rows
 
 
 def naive_input_path(images: np.ndarray, config: TrainConfig, device: torch.device,
@@ -158,6 +233,10 @@ def main() -> None:
     cli.add_argument("--workers", type=int, default=16, help="naive path's DataLoader workers")
     cli.add_argument("--only", nargs="*", help="measure only cases whose label contains these")
     cli.add_argument("--json", type=Path, help="also write the results here")
+    cli.add_argument("--overhead", action="store_true",
+                     help="train_clip's engine against a bare loop of the same step, only")
+    cli.add_argument("--stream", action="store_true",
+                     help="train_clip from a memory-mapped cache, resident and streamed, only")
     args = cli.parse_args()
     logging.disable(logging.WARNING)
     device = resolve_device(args.device)
@@ -168,6 +247,23 @@ def main() -> None:
     print(f"train benchmark — {hardware}; {count} images at {size} px, batch {batch}, "
           f"device {device}")
     images, labels = synthetic_cache(count, size)
+    if args.overhead or args.stream:
+        clip_config = cases(args.small, batch, args.compile)[0][1]
+        compared = streamed(clip_config, images, labels, device) if args.stream else [
+            ("train_clip, the stage's engine", measure(clip_config, images, labels, device)),
+            ("train_clip, a bare loop of its step", bare_loop(clip_config, images, labels,
+                                                              device))]
+        for label, result in compared:
+            print(f"{label:<44} {result['images_per_s']:>9.0f} img/s "
+                  f"{result['images_per_s'] / compared[0][1]['images_per_s']:>6.2f}×",
+                  flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"hardware": hardware, "images": count,
+                                             "image_size": size, "batch": batch,
+                                             "device": str(device), "rows": [
+                                                 {"case": label, **result}
+                                                 for label, result in compared]}, indent=2))
+        return
     rows = []
     selected = [(label, config) for label, config in cases(args.small, batch, args.compile)
                 if not args.only or any(word in label for word in args.only)]

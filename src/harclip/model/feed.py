@@ -9,6 +9,7 @@ batch is an index into the split in every case, so the three give the same batch
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ class CacheRows(Dataset):
 
     def __init__(self, images: np.ndarray) -> None:
         self.shape = images.shape
-        mapped = isinstance(images, np.memmap) and images.filename is not None
+        # A whole file's map (load_split's), not a view into one: a view keeps its parent's
+        # offset, so its own rows could not be found from it.
+        mapped = isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap)
         self.source = (images.filename, images.offset) if mapped else None
         self.images = None if mapped else images
 

@@ -83,3 +83,11 @@ def test_streaming_leaves_the_global_random_stream_alone(tmp_path):
     torch.manual_seed(3)
     list(split.batches(torch.arange(len(labels)), 10))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_view_into_a_memory_map_streams_its_own_rows(tmp_path):
+    images, labels = _memory_mapped_split(tmp_path)
+    view = images[10:20]
+    split = CachedSplit(view, labels[10:20], torch.device("cpu"), False)
+    (batch, _), = split.batches(torch.arange(10), 10)
+    assert np.array_equal(batch.numpy(), images[10:20])
