@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harclip.runtime.devices import host_memory_available
 
@@ -85,6 +85,20 @@ class CacheRows(Dataset):
         return self.shape[0]
 
 
+class EpochBatches(Sampler):
+    """The batches (index tensors) of the pass about to run: one loader, and so one set of
+    worker processes, serves every epoch of a split."""
+
+    def __init__(self) -> None:
+        self.batches: list[torch.Tensor] = []
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def stream_workers() -> int:
     """DataLoader workers reading a streamed split: copying rows is light work, so a quarter
     of the cores (one to four) keeps a GPU fed without taking the training's CPU."""
@@ -103,7 +117,13 @@ class CachedSplit:
         self.where = placement(images.nbytes, device, cache_in_memory, host_budget)
         if self.where == "stream":
             self.images = images
-            self.rows = CacheRows(images)
+            self.rows, self.next_batches = CacheRows(images), EpochBatches()
+            # Seeds for the workers from the loader's own generator, never the global one the
+            # run's randomness comes from.
+            self.loader = DataLoader(self.rows, batch_size=None, sampler=self.next_batches,
+                                     num_workers=stream_workers(), prefetch_factor=4,
+                                     persistent_workers=True, generator=torch.Generator(),
+                                     pin_memory=device.type == "cuda")
         else:  # reads a memory-mapped cache into RAM
             array = torch.from_numpy(np.array(images))
             self.images = array.to(device) if self.where == "device" else array
@@ -132,7 +152,8 @@ class CachedSplit:
     def batches(self, order: torch.Tensor, size: int,
                 with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
         """(uint8 images, labels[, rows]) on the device, in `order` (a CPU index tensor; pass
-        it through `host_index` first where no host sync is wanted)."""
+        it through `host_index` first where no host sync is wanted). A streamed split serves
+        one pass at a time: a new pass ends the one before."""
         indices = [order[start:start + size] for start in range(0, len(order), size)]
         for index, streamed in zip(indices, self._streamed(indices), strict=True):
             on_device = index.to(self.device, non_blocking=True)
@@ -146,16 +167,13 @@ class CachedSplit:
                 (images, self.labels[on_device])
 
     def _streamed(self, indices: list[torch.Tensor]) -> Iterator[torch.Tensor | None]:
-        """The batches read ahead by DataLoader workers (pinned on a GPU) where the split
-        streams; else None for each. The loader draws its workers' seeds from its own
-        generator, never the global one the run's randomness comes from."""
+        """The batches read ahead by the loader's workers (pinned on a GPU) where the split
+        streams; else None for each."""
         if self.where != "stream":
             yield from (None for _ in indices)
             return
-        workers = stream_workers()
-        yield from DataLoader(self.rows, batch_size=None, sampler=indices, num_workers=workers,
-                              pin_memory=self.device.type == "cuda", prefetch_factor=4,
-                              generator=torch.Generator())
+        self.next_batches.batches = indices
+        yield from self.loader
 
 
 def padded(images: torch.Tensor, size: int) -> torch.Tensor:

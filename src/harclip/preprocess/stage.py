@@ -63,7 +63,9 @@ def _preprocess(config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
         hashes = pool.imap(hash_file, [raw_dir / IMAGE_DIR / c.filename for c in candidates],
                            chunksize=64)
         readable = []
-        for candidate, (digest, reason) in zip(candidates, hashes, strict=True):
+        for candidate, (digest, reason) in progress(zip(candidates, hashes, strict=True),
+                                                    total=len(candidates), desc="hashing",
+                                                    unit="file"):
             if digest is None:
                 rejected.append(Rejected(candidate.filename, "unreadable", reason))
             else:
