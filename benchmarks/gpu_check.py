@@ -363,7 +363,7 @@ def data_parallel(ws: Workspace, params: dict, processes: int, report: Report) -
     run_params["train_clip"].update(nprocs=processes, epochs=1)
     path = ws.write_params(run_params, f"params-ddp{processes}.yaml")
     # One process: torchrun by hand, as on a cluster; two: the stage relaunches itself
-    # (nprocs), through harclip.runtime.distributed's quiet torchrun, as `dvc repro` does.
+    # (nprocs), through harclip's quiet torchrun (harclip.runtime.torchrun), as `dvc repro` does.
     launcher = ("torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m") \
         if processes == 1 else ()
     code, seconds = ws.run(*launcher, "harclip.train", "clip", "--params", path.name)

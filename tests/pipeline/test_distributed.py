@@ -9,6 +9,7 @@ all-reduce sums in another order).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -175,3 +176,137 @@ def test_a_killed_two_process_run_resumes_on_the_single_process_trajectory(even_
     for one, two in zip(single, resumed, strict=True):
         assert float(two["train_loss"]) == pytest.approx(float(one["train_loss"]), rel=1e-4)
         assert two["val_acc"] == one["val_acc"]
+
+
+def _signal_tree(pid: int, signum: int = signal.SIGKILL) -> None:
+    """Signal a process and every process under it (torchrun's workers run in sessions of
+    their own)."""
+    try:
+        process = psutil.Process(pid)
+        for each in [process, *process.children(recursive=True)]:
+            each.send_signal(signum)
+    except psutil.NoSuchProcess:
+        pass
+
+
+@pytest.fixture
+def two_machines(even_cache, tmp_path):
+    """Start docs/training.md's multi-node command on two "machines" of one process each
+    (gloo) on 127.0.0.1: machine 0's torchrun holds the rendezvous (the endpoint is its
+    address) and starts first, as a cluster's does. Each machine works in a folder of its own
+    (params and outputs; the cache is shared), its output in `machine<N>.out`. Whatever still
+    runs after the test is killed."""
+    machines = []
+
+    def start(epochs: int, **env: str) -> list[subprocess.Popen]:
+        params = repo_params()
+        params["train_sglip"].update(epochs=epochs, batch_size=16, device="cpu",
+                                     log_every=1000, contrastive_weight=0.5)  # _config's
+        endpoint = ("127.0.0.1", _free_port())
+        for rank in range(2):
+            folder = tmp_path / f"machine{rank}"
+            folder.mkdir()
+            (folder / "params.yaml").write_text(yaml.safe_dump(params))
+            command = [sys.executable, "-m", "harclip.runtime.torchrun", "--nnodes", "2",
+                       "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                       "--rdzv-endpoint", "{}:{}".format(*endpoint),
+                       "-m", "harclip.train", "sglip", "--cache", str(even_cache)]
+            with open(tmp_path / f"machine{rank}.out", "w") as out:
+                machines.append(subprocess.Popen(
+                    command, cwd=folder, stdout=out, stderr=subprocess.STDOUT,
+                    env={**os.environ, "OMP_NUM_THREADS": "1", **env}))
+            while rank == 0 and machines[0].poll() is None:  # until its rendezvous is up
+                with socket.socket() as probe:
+                    if probe.connect_ex(endpoint) == 0:
+                        break
+                time.sleep(0.1)
+        return machines
+
+    yield start
+    for machine in machines:
+        if machine.poll() is None:
+            _signal_tree(machine.pid)
+        machine.wait()
+
+
+def _output(root: Path, rank: int) -> str:
+    return (root / f"machine{rank}.out").read_text()
+
+
+def test_torchrun_on_two_machines_follows_the_single_process_trajectory(even_cache,
+                                                                         two_machines,
+                                                                         tmp_path):
+    torch.set_num_threads(1)
+    alone = tmp_path / "alone"
+    train_stage.run("sglip", _config("sglip"), even_cache, alone / "models", alone / "logs",
+                    alone / "resume")
+    machines = two_machines(epochs=2)
+    for rank, machine in enumerate(machines):
+        assert machine.wait(timeout=600) == 0, _output(tmp_path, rank)
+
+    # Rank 0 is the machine whose torchrun sorts first in the rendezvous (machine 0 here, as
+    # it started first); it alone writes and logs.
+    first, other = sorted((tmp_path / f"machine{rank}" for rank in range(2)),
+                          key=lambda folder: not (folder / "models").exists())
+    assert "on cpu × 2 processes (data-parallel)" in _output(tmp_path, int(first.name[-1]))
+    assert "sglip epoch" not in _output(tmp_path, int(other.name[-1]))
+    single = epoch_rows(alone / "logs/sglip")
+    parallel = epoch_rows(first / "logs/sglip")
+    assert len(single) == len(parallel) == 2
+    for one, two in zip(single, parallel, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-4), key
+        for key in ("train_acc", "val_acc", "lr"):
+            assert two[key] == one[key], key
+    written = {p.relative_to(first).as_posix() for p in first.rglob("*")
+               if p.is_file() and "/plots/" not in p.as_posix()}
+    assert written == {"params.yaml", "models/sglip.pt", "logs/sglip/metrics.json",
+                       "logs/sglip/params.yaml", "logs/sglip/train.log",
+                       "logs/sglip/run.json", ".harclip/resume/sglip.lock"}
+    assert [p.name for p in other.rglob("*") if p.is_file()] == ["params.yaml"]
+
+
+LOST_MACHINE_S = 120
+"""How long the machine left may take to end its run once the other is gone."""
+SILENCE_S = 30
+"""HARCLIP_DIST_TIMEOUT_S in these runs: a stopped machine's silence ends the run after it (a
+killed one's closed connections, at once); above any wait of a live run of theirs."""
+
+
+@pytest.mark.parametrize("lost, how", [(1, signal.SIGKILL), (0, signal.SIGKILL),
+                                       (1, signal.SIGSTOP)],
+                         ids=["machine 1 killed", "machine 0 (the rendezvous) killed",
+                              "machine 1 silent"])
+def test_a_machine_that_dies_ends_the_run_on_the_other_in_one_line(two_machines, tmp_path,
+                                                                   lost, how):
+    machines = two_machines(epochs=50, HARCLIP_DIST_TIMEOUT_S=str(SILENCE_S))
+    while not any("sglip epoch 1:" in _output(tmp_path, rank) for rank in range(2)):
+        for rank, machine in enumerate(machines):
+            assert machine.poll() is None, _output(tmp_path, rank)
+        time.sleep(0.1)
+    _signal_tree(machines[lost].pid, how)  # the machine's torchrun and its worker
+    left = 1 - lost
+    try:
+        code = machines[left].wait(timeout=LOST_MACHINE_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"machine {left} still runs {LOST_MACHINE_S} s after machine {lost} "
+                    f"was lost:\n{_output(tmp_path, left)}")
+
+    output = _output(tmp_path, left)
+    # Nothing but harclip's own lines: no traceback, torchrun report or C++ store log.
+    assert all(re.match(r"\d\d:\d\d:\d\d harclip ", line) for line in output.splitlines()), \
+        output
+    errors = [line.split(" harclip error: ")[1] for line in output.splitlines()
+              if " harclip error: " in line]
+    lost_contact = "lost contact with another training process ("
+    if lost == 1:
+        assert code == 2, output  # the worker's status
+        assert len(errors) == 1 and errors[0].startswith(lost_contact), output
+        assert ("Timed out" in errors[0]) == (how == signal.SIGSTOP), output
+        assert f"within HARCLIP_DIST_TIMEOUT_S ({SILENCE_S} s)" in errors[0]
+    else:  # torchrun lost its rendezvous too, and says so after its worker
+        assert code == 1, output
+        assert errors[-1].startswith("torchrun lost its rendezvous at 127.0.0.1:"), output
+        assert all(line.startswith(lost_contact) for line in errors[:-1]), output
+    assert all("rerun the command on every machine to resume" in line for line in errors)
+    assert "sglip epoch 50:" not in output

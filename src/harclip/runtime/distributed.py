@@ -3,14 +3,17 @@ when it runs alone.
 
 A training stage whose `nprocs` is above 1 relaunches itself under torchrun (one process per
 GPU, or gloo processes on CPU); under a torchrun started by hand (multi-node, or one process)
-it joins the process group torchrun describes in its environment variables.
+it joins the process group torchrun describes in its environment variables. A process that
+waits for another longer than HARCLIP_DIST_TIMEOUT_S (a machine is gone) ends the run.
 """
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -24,6 +27,12 @@ from harclip.runtime.devices import resolve_device
 from harclip.runtime.errors import StageError
 from harclip.runtime.log import log
 
+TIMEOUT_VARIABLE = "HARCLIP_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600
+"""How long a process waits for the others, in a collective or to join the group, before the
+run ends: NCCL's own default, and gloo's 30 minutes would keep the machines left waiting
+that long for one that is gone. Above the longest wait of a live run (rank 0 saving a
+resume state while the others wait for the next epoch)."""
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
@@ -106,10 +115,38 @@ def join(device_name: str) -> World:
     if launched() and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=group_timeout())
     if rank != 0:
         log.setLevel("WARNING")  # rank 0 speaks for all
     return World(rank, size, local_size, device, grouped=dist.is_initialized())
+
+
+def group_timeout() -> datetime.timedelta:
+    """HARCLIP_DIST_TIMEOUT_S (seconds), else DEFAULT_TIMEOUT_S."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds < float("inf"):
+        raise StageError(f"{TIMEOUT_VARIABLE}={text!r}: expected a number of seconds above 0")
+    return datetime.timedelta(seconds=seconds)
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """The one line a process ends with when its process group broke (another process, or its
+    machine, is gone or stopped answering for the timeout); None for any other error."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not isinstance(err, RuntimeError):
+        return None
+    text = " ".join(str(err).split())
+    if not isinstance(err, dist.DistError) and "gloo" not in text.lower():
+        return None
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0].rstrip(".")  # gloo: [file:line]
+    return (f"lost contact with another training process ({cause[:160]}): a machine of this "
+            f"run, or a process on it, is gone or did not answer within {TIMEOUT_VARIABLE} "
+            f"({group_timeout().total_seconds():g} s); see the other machines' output, then "
+            f"rerun the command on every machine to resume after the last saved epoch")
 
 
 def data_parallel(module: nn.Module) -> DistributedDataParallel:
@@ -129,41 +166,14 @@ def leave() -> None:
 
 
 def relaunch(nprocs: int, device_name: str, module: str, args: list[str]) -> NoReturn:
-    """Replace this process with `torchrun --standalone` running `module` in `nprocs`
+    """Replace this process with harclip's `torchrun --standalone` running `module` in `nprocs`
     processes on this machine; fails first when there are fewer GPUs than processes."""
     if resolve_device(device_name).type == "cuda" and torch.cuda.device_count() < nprocs:
         raise StageError(f"nprocs {nprocs} but only {torch.cuda.device_count()} GPU(s) are "
                          f"visible; lower nprocs or set CUDA_VISIBLE_DEVICES")
-    # torchrun would pin every process to one thread; share the cores out instead.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
     log.info("launching %d processes with torchrun", nprocs)
     for handler in log.handlers + logging.getLogger().handlers:
         handler.flush()
-    command = [sys.executable, "-m", "harclip.runtime.distributed", "--standalone",
+    command = [sys.executable, "-m", "harclip.runtime.torchrun", "--standalone",
                f"--nproc-per-node={nprocs}", "-m", module, *args]
     os.execv(sys.executable, command)
-
-
-def torchrun_quietly(argv: list[str]) -> NoReturn:
-    """torchrun, whose failures are its workers' own one-line errors: it exits with the first
-    failed worker's status (128 + signal for a signal) without its launcher's ChildFailedError
-    report and traceback, or its agent's warnings about stopping the other workers."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        run(parse_args(argv))
-    except ChildFailedError as err:
-        code = err.get_first_failure()[1].exitcode
-        sys.exit(128 - code if code < 0 else code or 1)
-    except SignalException as err:
-        sys.exit(128 + int(err.sigval))
-    sys.exit(0)
-
-
-if __name__ == "__main__":
-    torchrun_quietly(sys.argv[1:])

@@ -110,6 +110,15 @@ def run(main: Callable[[], None]) -> None:
     except OSError as err:
         log.error("error: %s", _one_line(err))
         sys.exit(2)
+    except RuntimeError as err:
+        if "torch.distributed" not in sys.modules:
+            raise
+        from harclip.runtime.distributed import lost_peer  # torch: loaded by now
+
+        if (line := lost_peer(err)) is None:
+            raise
+        log.error("error: %s", line)
+        sys.exit(2)
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Stopped)
         what = (err.cause or "interrupted (SIGTERM)") if terminated else "interrupted"

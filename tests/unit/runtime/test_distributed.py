@@ -1,17 +1,19 @@
 """Processes and devices under torchrun: DistributedDataParallel built with the keyword the
-installed torch knows, one GPU per local rank, and a clear error before launching more
-processes than GPUs."""
+installed torch knows, one GPU per local rank, a clear error before launching more
+processes than GPUs, a bounded wait for the others, and one line when they are gone."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import ClassVar
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from harclip.runtime import distributed
-from harclip.runtime.distributed import process_device, relaunch
+from harclip.runtime.distributed import group_timeout, lost_peer, process_device, relaunch
 from harclip.runtime.errors import StageError
 
 
@@ -52,3 +54,37 @@ def test_ddp_is_built_with_the_buffer_keyword_torch_211_knows(monkeypatch):
     monkeypatch.setattr(distributed, "DistributedDataParallel", Torch211DDP)
     distributed.data_parallel(nn.Linear(2, 2))
     assert Torch211DDP.built == {"broadcast_buffers": False, "gradient_as_bucket_view": True}
+
+
+def test_the_wait_for_the_other_processes_is_bounded_by_harclip_dist_timeout_s(monkeypatch):
+    monkeypatch.delenv("HARCLIP_DIST_TIMEOUT_S", raising=False)
+    assert group_timeout() == timedelta(seconds=600)  # NCCL's own default; gloo's is 30 min
+    monkeypatch.setenv("HARCLIP_DIST_TIMEOUT_S", "90")
+    assert group_timeout() == timedelta(seconds=90)
+    for text in ("0", "-5", "ten", "inf", "nan"):
+        monkeypatch.setenv("HARCLIP_DIST_TIMEOUT_S", text)
+        with pytest.raises(StageError, match=f"HARCLIP_DIST_TIMEOUT_S='{text}': expected a "):
+            group_timeout()
+
+
+GLOO_RESET = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read "
+              "error [127.0.0.1]:16299: Connection reset by peer. This is typically caused by "
+              "a remote worker hanging or bugs in the application. Check the logs of the "
+              "remote worker before reporting an error. GLHF!")
+
+
+def test_a_broken_process_group_is_one_line_and_other_errors_are_not(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("HARCLIP_DIST_TIMEOUT_S", "45")
+    line = lost_peer(RuntimeError(GLOO_RESET))
+    assert line.startswith("lost contact with another training process (Read error "
+                           "[127.0.0.1]:16299: Connection reset by peer): ")
+    assert "within HARCLIP_DIST_TIMEOUT_S (45 s)" in line and "rerun" in line
+    assert lost_peer(dist.DistNetworkError("Failed to recv, got 0 bytes.\nframe #0")) \
+        .startswith("lost contact with another training process (Failed to recv, got 0 bytes)")
+    for line in (lost_peer(RuntimeError(GLOO_RESET)), lost_peer(dist.DistStoreError("x\ny"))):
+        assert "\n" not in line
+    assert lost_peer(RuntimeError("CUDA error: out of memory")) is None
+    assert lost_peer(ValueError("gloo")) is None
+    monkeypatch.setenv("WORLD_SIZE", "1")  # alone, no group to lose
+    assert lost_peer(RuntimeError(GLOO_RESET)) is None
