@@ -26,8 +26,8 @@ from harclip.runtime.devices import describe
 
 STAGES = {"download": ["-m", "harclip.download"],
           "preprocess": ["-m", "harclip.preprocess"],
-          "train_clip, 1 epoch": ["-m", "harclip.train", "clip"],
-          "evaluate clip": ["-m", "harclip.evaluate", "clip"]}
+          "train": ["-m", "harclip.train", "clip"],  # train_clip, one epoch
+          "evaluate": ["-m", "harclip.evaluate", "clip"]}
 
 
 def project(folder: Path, scale: int) -> int:
@@ -52,16 +52,20 @@ def main() -> None:
     cli.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     cli.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()),
                      help="where the project folders are made (16×: about 1 GB)")
+    cli.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
+                     metavar="STAGE", help=f"the stages to run, in order (default: all: "
+                                           f"{', '.join(STAGES)})")
     cli.add_argument("--json", type=Path, help="also write the results here")
     args = cli.parse_args()
     print(f"scale benchmark — {describe()}", flush=True)
-    results: dict[str, list[dict]] = {stage: [] for stage in STAGES}
+    results: dict[str, list[dict]] = {stage: [] for stage in args.stages}
     counts = []
     for scale in args.scales:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
             folder = Path(tmp)
             counts.append(project(folder, scale))
-            for stage, command in STAGES.items():
+            for stage in args.stages:
+                command = STAGES[stage]
                 seconds, own, tree = peak_memory([sys.executable, *command], cwd=folder)
                 results[stage].append({"scale": scale, "images": counts[-1],
                                        "seconds": round(seconds, 1), "stage_peak_mb": round(own),
@@ -69,7 +73,7 @@ def main() -> None:
                 print(f"{scale:>3}× {counts[-1]:>7,} images  {stage:<20} {seconds:>7.1f} s "
                       f"{own:>7.0f} MB own {tree:>7.0f} MB tree", flush=True)
     print(f"\n{'stage':<20} {'time exponent':>14} {'memory exponent':>16}")
-    for stage, rows in results.items():
+    for stage, rows in results.items() if len(counts) > 1 else ():
         time_exp = exponent(counts, [r["seconds"] for r in rows])
         memory_exp = exponent(counts, [r["tree_peak_mb"] for r in rows])
         print(f"{stage:<20} {time_exp:>14.2f} {memory_exp:>16.2f}")
