@@ -186,16 +186,22 @@ RESUME = ("clip: rerun to resume after the last saved epoch (every resume_every 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("whom", "sig"), [("dvc", signal.SIGTERM), ("dvc", signal.SIGKILL),
-                                           ("group", signal.SIGTERM), ("group", signal.SIGINT)],
-                         ids=["SIGTERM-dvc", "SIGKILL-dvc", "SIGTERM-group", "Ctrl-C"])
-def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, whom, sig):
+@pytest.mark.parametrize(("whom", "sig", "streamed"),
+                         [("dvc", signal.SIGTERM, False), ("dvc", signal.SIGKILL, False),
+                          ("group", signal.SIGTERM, False), ("group", signal.SIGINT, False),
+                          ("group", signal.SIGTERM, True)],
+                         ids=["SIGTERM-dvc", "SIGKILL-dvc", "SIGTERM-group", "Ctrl-C",
+                              "SIGTERM-group-streamed"])
+def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, whom, sig,
+                                                                     streamed):
     """README's rows: the dvc process alone killed, the whole process group stopped (timeout,
-    SLURM, Kubernetes), Ctrl-C in a terminal."""
+    SLURM, Kubernetes), Ctrl-C in a terminal; and the group stopped while DataLoader workers
+    stream the cache (they are in the group too)."""
     params = tiny_params()
     params["download"]["synthetic"].update(images_per_class=16, image_size=64)
     params["preprocess"]["image_size"] = 64
-    params["train_clip"].update(epochs=50, batch_size=16, device="cpu")
+    params["train_clip"].update(epochs=50, batch_size=16, device="cpu",
+                                cache_in_memory=not streamed)
     project = DvcProject(tmp_path, params)
     project.repro("preprocess")
     output = tmp_path / "repro.log"
@@ -207,16 +213,16 @@ def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, w
     while not state.is_file():
         assert dvc.poll() is None
         time.sleep(0.1)
-    training = [p for p in psutil.Process(dvc.pid).children(recursive=True)
-                if "harclip.train" in " ".join(p.cmdline())]
-    assert training
+    everyone = psutil.Process(dvc.pid).children(recursive=True)  # with the loader's workers
+    training = [p for p in everyone if "harclip.train" in " ".join(p.cmdline())]
+    assert training and (len(everyone) > len(training) + 1) == streamed  # sh, stage[, workers]
     if whom == "dvc":
         dvc.send_signal(sig)
     else:
         os.killpg(dvc.pid, sig)
     dvc.wait(timeout=60)
-    _, alive = psutil.wait_procs(training, timeout=15)
-    assert not alive, "the training stage outlived the dvc process that ran it"
+    _, alive = psutil.wait_procs(everyone, timeout=15)
+    assert not alive, f"{alive} outlived the dvc process that ran them"
     assert state.is_file()  # what it had done is kept for the next run
     lines = output.read_text().splitlines()
     started = next(i for i, line in enumerate(lines) if "clip: harclip-tiny-clip" in line)

@@ -9,7 +9,6 @@ batch is an index into the split in every case, so the three give the same batch
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,13 +16,16 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
+from harclip.model.stream import Stream
 from harclip.runtime.devices import host_memory_available
 
 MEMORY_SHARE = 0.5
 """The share of the GPU's free memory, or of the host's available memory, that a split's
 images may take there when `cache_in_memory` is auto."""
+
+UPLOAD_ROWS = 1024
+"""Images per host-to-GPU copy while a split is loaded onto the GPU."""
 
 Placement = Literal["device", "host", "stream"]
 
@@ -38,8 +40,9 @@ def placement(nbytes: int, device: torch.device, cache_in_memory: bool | str,
         return "stream"
     if device.type == "cuda" and nbytes < MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]:
         return "device"
-    if host_budget is None:
-        host_budget = int(MEMORY_SHARE * host_memory_available())
+    if host_budget is None:  # each process on this machine holds its own copy
+        host_budget = int(MEMORY_SHARE * host_memory_available()) // \
+            max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return "host" if cache_in_memory is True or nbytes <= host_budget else "stream"
 
 
@@ -56,55 +59,6 @@ class Batch:
     whole: torch.Tensor | None = None
 
 
-class CacheRows(Dataset):
-    """Batches of a split's rows read from its memory-mapped file, the rows of each batch in
-    file order (runs of adjacent rows read as one). Each worker maps the file itself: a
-    memory map sent to a spawned process would be copied whole."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.shape = images.shape
-        # A whole file's map (load_split's), not a view into one: a view keeps its parent's
-        # offset, so its own rows could not be found from it.
-        mapped = isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap)
-        self.source = (images.filename, images.offset) if mapped else None
-        self.images = None if mapped else images
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "images": None} if self.source else self.__dict__
-
-    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.images is None:
-            filename, offset = self.source
-            self.images = np.memmap(filename, np.uint8, "r", offset, self.shape)
-        ascending = torch.argsort(rows)
-        batch = torch.empty((len(rows), *self.shape[1:]), dtype=torch.uint8)
-        batch[ascending] = torch.from_numpy(self.images[rows[ascending].numpy()])
-        return batch
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-
-class EpochBatches(Sampler):
-    """The batches (index tensors) of the pass about to run: one loader, and so one set of
-    worker processes, serves every epoch of a split."""
-
-    def __init__(self) -> None:
-        self.batches: list[torch.Tensor] = []
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def stream_workers() -> int:
-    """DataLoader workers reading a streamed split: copying rows is light work, so a quarter
-    of the cores (one to four) keeps a GPU fed without taking the training's CPU."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) // 4))
-
-
 class CachedSplit:
     """A split of the uint8 cache, kept where `placement` says: on the GPU, in host memory
     with each batch pinned and copied asynchronously, or streamed from the memory-mapped
@@ -117,16 +71,14 @@ class CachedSplit:
         self.where = placement(images.nbytes, device, cache_in_memory, host_budget)
         if self.where == "stream":
             self.images = images
-            self.rows, self.next_batches = CacheRows(images), EpochBatches()
-            # Seeds for the workers from the loader's own generator, never the global one the
-            # run's randomness comes from.
-            self.loader = DataLoader(self.rows, batch_size=None, sampler=self.next_batches,
-                                     num_workers=stream_workers(), prefetch_factor=4,
-                                     persistent_workers=True, generator=torch.Generator(),
-                                     pin_memory=device.type == "cuda")
+            self.stream = Stream(images, pin_memory=device.type == "cuda")
+        elif self.where == "device":  # slice by slice: never a whole host copy
+            self.images = torch.empty(images.shape, dtype=torch.uint8, device=device)
+            for start in range(0, len(images), UPLOAD_ROWS):
+                self.images[start:start + UPLOAD_ROWS].copy_(
+                    torch.from_numpy(np.ascontiguousarray(images[start:start + UPLOAD_ROWS])))
         else:  # reads a memory-mapped cache into RAM
-            array = torch.from_numpy(np.array(images))
-            self.images = array.to(device) if self.where == "device" else array
+            self.images = torch.from_numpy(np.array(images))
         self.resident = self.where == "device" or \
             (self.where == "host" and device.type != "cuda")
         """Whether batches are indexed where the images are (the GPU, or a CPU run's RAM),
@@ -153,9 +105,11 @@ class CachedSplit:
                 with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
         """(uint8 images, labels[, rows]) on the device, in `order` (a CPU index tensor; pass
         it through `host_index` first where no host sync is wanted). A streamed split serves
-        one pass at a time: a new pass ends the one before."""
+        one pass at a time: a pass not planned ends the one before."""
         indices = [order[start:start + size] for start in range(0, len(order), size)]
-        for index, streamed in zip(indices, self._streamed(indices), strict=True):
+        reads = self.stream.take(indices) if self.where == "stream" else \
+            (None for _ in indices)
+        for index, streamed in zip(indices, reads, strict=True):
             on_device = index.to(self.device, non_blocking=True)
             if self.resident:
                 images = self.images[on_device]
@@ -166,14 +120,11 @@ class CachedSplit:
             yield (images, self.labels[on_device], on_device) if with_index else \
                 (images, self.labels[on_device])
 
-    def _streamed(self, indices: list[torch.Tensor]) -> Iterator[torch.Tensor | None]:
-        """The batches read ahead by the loader's workers (pinned on a GPU) where the split
-        streams; else None for each."""
-        if self.where != "stream":
-            yield from (None for _ in indices)
-            return
-        self.next_batches.batches = indices
-        yield from self.loader
+    def plan(self, batches: list[torch.Tensor]) -> None:
+        """Announce the next pass's batches (an epoch's micro-batches, in order): a streamed
+        split then reads ahead across the `batches` calls that ask for them."""
+        if self.where == "stream":
+            self.stream.plan(batches)
 
 
 def padded(images: torch.Tensor, size: int) -> torch.Tensor:

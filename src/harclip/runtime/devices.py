@@ -43,15 +43,27 @@ def describe() -> str:
     return f"{len(os.sched_getaffinity(0))} CPU cores ({cpu}){memory}{gpu}"
 
 
+CGROUP_LIMITS = ((Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
+                 (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+                  Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")))
+"""A container's or a batch job's memory limit and use (cgroup v2, then v1)."""
+
+
 def host_memory_available() -> int:
-    """Bytes the host can still give without swapping: MemAvailable (free memory and the page
-    cache it may drop), else the free pages alone."""
+    """Bytes this process can still take without swapping or meeting its container's (or
+    SLURM job's) limit: MemAvailable (free memory and the page cache it may drop), else the
+    free pages, and never more than the cgroup's limit less its use."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+                available = int(line.split()[1]) * 1024
+    for limit, usage in CGROUP_LIMITS:
+        with contextlib.suppress(OSError, ValueError):
+            available = min(available, int(limit.read_text()) - int(usage.read_text()))
+            break
+    return max(0, available)
 
 
 def resolve_device(name: str) -> torch.device:

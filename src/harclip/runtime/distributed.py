@@ -134,13 +134,19 @@ def group_timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+LOST_CONNECTION = re.compile(r"connection|closed|reset|broken pipe|timed? ?out|timeout|"
+                             r"read error|write error", re.IGNORECASE)
+"""What gloo says of a peer gone (not of a misuse, such as an unsupported operation)."""
+
+
 def lost_peer(err: BaseException) -> str | None:
     """The one line a process ends with when its process group broke (another process, or its
     machine, is gone or stopped answering for the timeout); None for any other error."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not isinstance(err, RuntimeError):
         return None
     text = " ".join(str(err).split())
-    if not isinstance(err, dist.DistError) and "gloo" not in text.lower():
+    if not isinstance(err, dist.DistError) and not (
+            "gloo" in text.lower() and LOST_CONNECTION.search(text)):
         return None
     cause = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0].rstrip(".")  # gloo: [file:line]
     return (f"lost contact with another training process ({cause[:160]}): a machine of this "

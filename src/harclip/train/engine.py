@@ -274,7 +274,7 @@ class Trainer:
         """One optimiser step on an effective batch (this process's share of `group`); the
         summed loss terms, correct count and finiteness stay on the device."""
         world = self.world
-        share = group.tensor_split(world.size)[world.rank]
+        share = self._share(group)
         self.scheduler.step_update(self.step)
         micro_batches = (self._augmented(crops, *parts) for parts in
                          self.train_split.batches(share, self.micro, with_index=True))
@@ -292,6 +292,10 @@ class Trainer:
         self.objective.after_optimizer_step(self.step,
                                             self.config.epochs * self.steps_per_epoch)
         return sums
+
+    def _share(self, group: torch.Tensor) -> torch.Tensor:
+        """This process's part of an effective batch."""
+        return group.tensor_split(self.world.size)[self.world.rank]
 
     def refresh(self, epoch: int) -> float:
         """The objective's per-epoch work under the run's autocast; its seconds (0 when it
@@ -315,10 +319,13 @@ class Trainer:
         correct = torch.zeros((), device=device, dtype=torch.long)
         first_bad_step = torch.full((), _NO_BAD_STEP, device=device, dtype=torch.long)
         order, crops = self.epoch_inputs()
+        groups = list(effective_batches(order, config.batch_size, world.size, self.drop_last))
+        self.train_split.plan([share[start:start + self.micro] for share in map(self._share, groups)
+                               for start in range(0, len(share), self.micro)])
         seen = 0
         bar = progress(total=len(order), unit="img", leave=False, enabled=world.is_main,
                        desc=f"{describe} epoch {epoch}/{config.epochs}")
-        for group in effective_batches(order, config.batch_size, world.size, self.drop_last):
+        for group in groups:
             group_terms, group_correct, finite = self.train_step_on(group, crops, bar)
             term_sums += group_terms
             correct += group_correct

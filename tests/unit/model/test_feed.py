@@ -15,6 +15,8 @@ from harclip.model.feed import (
     resident_cache_bytes,
     steps_per_epoch,
 )
+from harclip.runtime import devices
+from harclip.runtime.errors import StageError
 
 
 def test_a_resident_cache_is_indexed_where_it_lies_whatever_the_devices_name():
@@ -64,7 +66,7 @@ def test_a_streamed_split_gives_the_resident_splits_batches(tmp_path, with_index
     resident = CachedSplit(images, labels, cpu, "auto")
     streamed = CachedSplit(images, labels, cpu, "auto", host_budget=images.nbytes // 2)
     assert resident.where == "host" and streamed.where == "stream"
-    assert streamed.rows.images is None  # each reader maps the file itself
+    assert streamed.stream.rows.images is None and streamed.stream.rows.file is None
     assert resident_cache_bytes(streamed) == 0 < resident_cache_bytes(resident)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
     pairs = zip(resident.batches(order, 8, with_index), streamed.batches(order, 8, with_index),
@@ -91,3 +93,41 @@ def test_a_view_into_a_memory_map_streams_its_own_rows(tmp_path):
     split = CachedSplit(view, labels[10:20], torch.device("cpu"), False)
     (batch, _), = split.batches(torch.arange(10), 10)
     assert np.array_equal(batch.numpy(), images[10:20])
+
+
+def test_an_epoch_planned_ahead_is_read_in_one_pass(tmp_path):
+    images, labels = _memory_mapped_split(tmp_path)
+    split = CachedSplit(images, labels, torch.device("cpu"), False)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(2))
+    steps = [order[start:start + 8] for start in range(0, len(order), 8)]  # one step each
+    micro = [step[start:start + 3] for step in steps for start in range(0, len(step), 3)]
+    split.plan(micro)
+    taken = [batch for step in steps for batch, _ in split.batches(step, 3)]
+    assert np.array_equal(torch.cat(taken).numpy(), images[order.numpy()])
+    assert split.stream.passes == 1  # every step's batches came from the planned pass
+    streamed = torch.cat([b for step in steps for b, _ in split.batches(step, 3)])
+    assert split.stream.passes == 1 + len(steps)  # unplanned: a pass per call
+    assert np.array_equal(streamed.numpy(), images[order.numpy()])
+
+
+def test_a_cache_replaced_under_a_streamed_run_is_an_error(tmp_path):
+    images, labels = _memory_mapped_split(tmp_path)
+    split = CachedSplit(images, labels, torch.device("cpu"), False)
+    list(split.batches(torch.arange(8), 4))
+    _memory_mapped_split(tmp_path, count=37)  # preprocess again: a new file, the same shape
+    with pytest.raises(StageError, match="train_images.npy: replaced while this run"):
+        list(split.batches(torch.arange(8), 4))
+
+
+def test_auto_budgets_within_a_containers_memory_limit(tmp_path, monkeypatch):
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text(f"{2**30}\n")
+    usage.write_text(f"{2**29 + 2**28}\n")  # 768 MB of the 1 GB limit used
+    monkeypatch.setattr(devices, "CGROUP_LIMITS", ((limit, usage),))
+    assert devices.host_memory_available() == 2**28
+    assert placement(2**27 - 1, torch.device("cpu"), "auto") == "host"  # half of 256 MB
+    assert placement(2**27 + 1, torch.device("cpu"), "auto") == "stream"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes here, each its own copy
+    assert placement(2**26 + 1, torch.device("cpu"), "auto") == "stream"
+    limit.write_text("max\n")  # no limit: the host's own
+    assert devices.host_memory_available() > 2**28

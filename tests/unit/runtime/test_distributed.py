@@ -86,5 +86,6 @@ def test_a_broken_process_group_is_one_line_and_other_errors_are_not(monkeypatch
         assert "\n" not in line
     assert lost_peer(RuntimeError("CUDA error: out of memory")) is None
     assert lost_peer(ValueError("gloo")) is None
+    assert lost_peer(RuntimeError("[gloo] unsupported reduction operation")) is None
     monkeypatch.setenv("WORLD_SIZE", "1")  # alone, no group to lose
     assert lost_peer(RuntimeError(GLOO_RESET)) is None
