@@ -76,7 +76,7 @@ class CachedSplit:
             self.images = torch.empty(images.shape, dtype=torch.uint8, device=device)
             for start in range(0, len(images), UPLOAD_ROWS):
                 self.images[start:start + UPLOAD_ROWS].copy_(
-                    torch.from_numpy(np.ascontiguousarray(images[start:start + UPLOAD_ROWS])))
+                    torch.from_numpy(np.array(images[start:start + UPLOAD_ROWS])))
         else:  # reads a memory-mapped cache into RAM
             self.images = torch.from_numpy(np.array(images))
         self.resident = self.where == "device" or \

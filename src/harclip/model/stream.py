@@ -2,19 +2,21 @@
 workers read each batch's rows with positioned reads (adjacent rows in one read), a whole
 epoch's batches ahead of the steps that use them.
 
-The workers are spawned, not forked: a forked worker would inherit the stage's run lock and
-its process group's sockets (keeping them past the stage's death), and the CUDA state. They
-ignore SIGINT and SIGTERM (the stage handles those and ends them; a worker killed by a
-group's signal would make the DataLoader raise its own traceback) and end by themselves when
-the stage is gone. Batch indices travel as numpy copies: a tensor sent to a worker would move
-its whole storage, the epoch's pinned order, into shared memory.
+The workers are spawned, not forked: a forked worker would inherit the stage's run lock and its
+process group's sockets (keeping them past the stage's death), and the CUDA state. They ignore
+SIGINT and end quietly on SIGTERM (a worker killed by a group's signal would make the
+DataLoader raise its own traceback), and end by themselves when the stage is gone. Batch
+indices travel as numpy copies: a tensor sent to a worker would move its whole storage, the
+epoch's pinned order, into shared memory.
 """
 
 from __future__ import annotations
 
+import atexit
 import mmap
 import os
 import signal
+import weakref
 from collections import deque
 from collections.abc import Iterator
 
@@ -60,6 +62,10 @@ class CacheRows(Dataset):
             return torch.from_numpy(np.ascontiguousarray(self.images[rows]))
         if self.file is None:
             self.file = os.open(self.path, os.O_RDONLY)
+            stat = os.fstat(self.file)
+            if (stat.st_dev, stat.st_ino, stat.st_size) != self.identity:
+                raise StageError(f"{self.path}: replaced while this run was reading it (a "
+                                 f"preprocess or `dvc checkout` meanwhile?); rerun the stage")
         ascending = np.argsort(rows, kind="stable")
         ordered = rows[ascending]
         batch = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
@@ -93,8 +99,11 @@ class PassBatches(Sampler):
 
 
 def _quiet_worker(_worker: int) -> None:
+    """Ctrl-C is the stage's to handle; SIGTERM (a group's stop, or the loader's own
+    terminate) ends a worker at once with status 0, which the loader does not report as a
+    crash, and never leaves one that a join at exit would wait on forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
 
 def stream_workers() -> int:
@@ -103,6 +112,17 @@ def stream_workers() -> int:
     training's CPU."""
     share = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return max(1, min(4, share // 4))
+
+
+_OPEN: weakref.WeakSet[Stream] = weakref.WeakSet()
+
+
+@atexit.register  # after torch's own exit hook, so it runs first, while shutdown still works
+def _close_all() -> None:
+    """End every stream's workers at exit, in order, where an unhandled error keeps a split
+    alive past torch's own clean-up."""
+    for stream in list(_OPEN):
+        stream.close()
 
 
 class Stream:
@@ -122,6 +142,15 @@ class Stream:
         self.planned: deque[torch.Tensor] = deque()
         self.reading: Iterator[torch.Tensor] = iter(())
         self.passes = 0
+        _OPEN.add(self)
+
+    def close(self) -> None:
+        """Stop the workers now (torch keeps a persistent loader's in its private
+        `_iterator`)."""
+        iterator, self.loader._iterator = self.loader._iterator, None
+        self.reading = iter(())
+        if iterator is not None:
+            iterator._shutdown_workers()
 
     def plan(self, batches: list[torch.Tensor]) -> None:
         self.rows.check_unchanged()
@@ -141,5 +170,14 @@ class Stream:
         for _ in batches:
             if self.passes != this_pass:
                 raise RuntimeError("a streamed split serves one pass at a time")
+            try:
+                images = next(self.reading)
+            except Exception as err:
+                self.planned.clear()
+                if not str(err).startswith("Caught "):
+                    raise
+                # torch's copy of a worker's error holds its traceback: keep its last line
+                raise StageError(str(err).strip().splitlines()[-1].split(": ", 1)[-1]) \
+                    from None
             self.planned.popleft()
-            yield next(self.reading)
+            yield images

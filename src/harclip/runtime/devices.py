@@ -43,26 +43,54 @@ def describe() -> str:
     return f"{len(os.sched_getaffinity(0))} CPU cores ({cpu}){memory}{gpu}"
 
 
-CGROUP_LIMITS = ((Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
-                 (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
-                  Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")))
-"""A container's or a batch job's memory limit and use (cgroup v2, then v1)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_FILES = {2: ("memory.max", "memory.current", "inactive_file"),
+                1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+"""A cgroup's memory limit, use and the part of its use the kernel reclaims first (page cache
+not recently used), in cgroup v2 and v1."""
+
+
+def _cgroup_memory_left() -> int | None:
+    """What this process's cgroup, and each above it, still allows (a container's or a batch
+    job's limit less its use, reclaimable page cache not counted); None where none says."""
+    try:
+        entries = (PROC_SELF / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    left = None
+    for entry in entries:
+        _, controllers, path = entry.split(":", 2)
+        if controllers and "memory" not in controllers.split(","):
+            continue
+        version = 1 if controllers else 2
+        base = CGROUP_ROOT / "memory" if version == 1 else CGROUP_ROOT
+        folder = base / path.lstrip("/")
+        limit_name, usage_name, reclaimable = CGROUP_FILES[version]
+        for level in [folder, *folder.parents]:
+            if not level.is_relative_to(base):
+                break
+            with contextlib.suppress(OSError, ValueError):
+                used = int((level / usage_name).read_text())
+                for line in (level / "memory.stat").read_text().splitlines():
+                    if line.startswith(reclaimable + " "):
+                        used -= int(line.split()[1])
+                room = int((level / limit_name).read_text()) - used
+                left = room if left is None else min(left, room)
+    return left
 
 
 def host_memory_available() -> int:
     """Bytes this process can still take without swapping or meeting its container's (or
     SLURM job's) limit: MemAvailable (free memory and the page cache it may drop), else the
-    free pages, and never more than the cgroup's limit less its use."""
+    free pages, and never more than its cgroups allow."""
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 available = int(line.split()[1]) * 1024
-    for limit, usage in CGROUP_LIMITS:
-        with contextlib.suppress(OSError, ValueError):
-            available = min(available, int(limit.read_text()) - int(usage.read_text()))
-            break
+    if (left := _cgroup_memory_left()) is not None:
+        available = min(available, left)
     return max(0, available)
 
 

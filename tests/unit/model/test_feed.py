@@ -3,6 +3,11 @@ where it lies, and a split larger than the memory budget streamed with the same 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -120,14 +125,54 @@ def test_a_cache_replaced_under_a_streamed_run_is_an_error(tmp_path):
 
 
 def test_auto_budgets_within_a_containers_memory_limit(tmp_path, monkeypatch):
-    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
-    limit.write_text(f"{2**30}\n")
-    usage.write_text(f"{2**29 + 2**28}\n")  # 768 MB of the 1 GB limit used
-    monkeypatch.setattr(devices, "CGROUP_LIMITS", ((limit, usage),))
-    assert devices.host_memory_available() == 2**28
+    """A SLURM step's cgroup (v2) under its job's, which sets the limit: 1 GB, 896 MB used of
+    which 128 MB is page cache the kernel reclaims first."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cgroup").write_text("0::/job/step\n")
+    job, step = tmp_path / "cg" / "job", tmp_path / "cg" / "job" / "step"
+    step.mkdir(parents=True)
+    for level, limit, used in ((job, str(2**30), 2**29 + 2**28 + 2**27), (step, "max", 2**20)):
+        (level / "memory.max").write_text(f"{limit}\n")
+        (level / "memory.current").write_text(f"{used}\n")
+        (level / "memory.stat").write_text(f"anon 1\ninactive_file {2**27}\nactive_file 3\n")
+    monkeypatch.setattr(devices, "PROC_SELF", tmp_path / "proc")
+    monkeypatch.setattr(devices, "CGROUP_ROOT", tmp_path / "cg")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert devices.host_memory_available() == 2**28  # 1 GB less 768 MB
     assert placement(2**27 - 1, torch.device("cpu"), "auto") == "host"  # half of 256 MB
     assert placement(2**27 + 1, torch.device("cpu"), "auto") == "stream"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes here, each its own copy
     assert placement(2**26 + 1, torch.device("cpu"), "auto") == "stream"
-    limit.write_text("max\n")  # no limit: the host's own
+    (job / "memory.max").write_text("max\n")  # no limit anywhere: the host's own
     assert devices.host_memory_available() > 2**28
+
+
+def test_a_read_error_in_a_worker_is_one_line(tmp_path):
+    images, labels = _memory_mapped_split(tmp_path)
+    split = CachedSplit(images, labels, torch.device("cpu"), False)
+    path = tmp_path / "train_images.npy"
+    size = path.stat().st_size
+    identity = split.stream.rows.identity
+    with open(path, "r+b") as handle:  # the same file, cut short in place
+        handle.truncate(size // 2)
+    split.stream.rows.identity = (*identity[:2], size // 2)
+    with pytest.raises(StageError) as raised:
+        list(split.batches(torch.arange(len(labels) - 4, len(labels)), 4))
+    assert str(raised.value) == (f"{path}: shorter than its header says; rebuild the cache "
+                                 f"with `dvc repro preprocess`")
+
+
+def test_a_process_that_dies_of_an_error_while_streaming_exits(tmp_path):
+    """Its split outlives torch's own clean-up (the traceback holds it): the workers must still
+    end, and the process with them."""
+    _memory_mapped_split(tmp_path)
+    script = ("import sys, torch; from harclip.data.cache import load_split; "
+              "from harclip.model.feed import CachedSplit; "
+              f"split = CachedSplit(*load_split(__import__('pathlib').Path({str(tmp_path)!r}), "
+              "'train'), torch.device('cpu'), False); "
+              "next(split.batches(torch.arange(8), 4)); raise ValueError('boom')")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": "src"})
+    assert result.returncode == 1 and "ValueError: boom" in result.stderr
+    assert time.monotonic() - started < 60

@@ -271,6 +271,8 @@ def test_a_streamed_cache_trains_on_the_resident_caches_trajectory(tmp_path):
         config = train_config(epochs=2, batch_size=10, augment=augment_config(scale_min=0.5))
         histories.append(Trainer(model, Objective(), train_split, val_split,
                                  _augment_for(model), config).fit())
+        if budget is not None:  # each epoch's steps took their batches from one planned pass
+            assert train_split.stream.passes == config.epochs
     for resident, streamed in zip(*histories, strict=True):
         assert (resident.train_loss, resident.val_loss, resident.val_acc) == \
             (streamed.train_loss, streamed.val_loss, streamed.val_acc)
