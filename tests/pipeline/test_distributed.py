@@ -82,6 +82,17 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _assert_same_trajectory(single_logs, parallel_logs):
+    """Two epochs of the same losses (to float tolerance), accuracies and lr."""
+    single, parallel = epoch_rows(single_logs), epoch_rows(parallel_logs)
+    assert len(single) == len(parallel) == 2
+    for one, two in zip(single, parallel, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-4), key
+        for key in ("train_acc", "val_acc", "lr"):
+            assert two[key] == one[key], key
+
+
 @pytest.mark.parametrize("method", ["sglip", "aclip"])  # CLIP's path is A-CLIP's unmasked
 def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp_path,
                                                                  method):
@@ -92,14 +103,7 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(even_cache, tmp
     mp.spawn(_rank, args=(_free_port(), method, _config(method, nprocs=2), even_cache,
                           tmp_path), nprocs=2)
 
-    single = epoch_rows(alone / "logs" / method)
-    parallel = epoch_rows(tmp_path / "rank0" / "logs" / method)
-    assert len(single) == len(parallel) == 2
-    for one, two in zip(single, parallel, strict=True):
-        for key in ("train_loss", "val_loss"):
-            assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-4), key
-        for key in ("train_acc", "val_acc", "lr"):
-            assert two[key] == one[key], key
+    _assert_same_trajectory(alone / "logs" / method, tmp_path / "rank0" / "logs" / method)
     written = {p.relative_to(tmp_path / "rank0").as_posix()
                for p in (tmp_path / "rank0").rglob("*") if p.is_file()
                and "/plots/" not in p.as_posix()}  # DVCLive's series: one file each
@@ -250,14 +254,7 @@ def test_torchrun_on_two_machines_follows_the_single_process_trajectory(even_cac
                           key=lambda folder: not (folder / "models").exists())
     assert "on cpu × 2 processes (data-parallel)" in _output(tmp_path, int(first.name[-1]))
     assert "sglip epoch" not in _output(tmp_path, int(other.name[-1]))
-    single = epoch_rows(alone / "logs/sglip")
-    parallel = epoch_rows(first / "logs/sglip")
-    assert len(single) == len(parallel) == 2
-    for one, two in zip(single, parallel, strict=True):
-        for key in ("train_loss", "val_loss"):
-            assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-4), key
-        for key in ("train_acc", "val_acc", "lr"):
-            assert two[key] == one[key], key
+    _assert_same_trajectory(alone / "logs/sglip", first / "logs/sglip")
     written = {p.relative_to(first).as_posix() for p in first.rglob("*")
                if p.is_file() and "/plots/" not in p.as_posix()}
     assert written == {"params.yaml", "models/sglip.pt", "logs/sglip/metrics.json",
