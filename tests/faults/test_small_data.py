@@ -108,3 +108,19 @@ def test_templates_without_a_place_for_the_class_name_are_one_short_line(tmp_pat
     assert lines[0].strip() == (f"params.yaml: train_clip.prompt_templates = {templates!r}: "
                                 f"list at least one template, each containing '{{}}' (where "
                                 f"the class's phrase goes)")
+
+
+def test_two_classes_with_the_demo_phrases_left_in_name_the_train_key_in_full(tmp_path):
+    """Through the train stage's own command: the message names `train_clip.prompt_names`,
+    not a bare `train.`, and the two fixes."""
+    class_folders(tmp_path / "mine", ("eating", "hugging"), per_class=12)
+    params = _params(tmp_path, download__source="folder",
+                     download__path=str(tmp_path / "mine"), preprocess__workers=1)
+    for stage in ("download", "preprocess"):
+        done = run_module(stage, "--params", params, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    done = run_module("train", "clip", "--params", params, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    one_line_error(done.stderr, "train_clip.prompt_names: ", "not among the 2 classes",
+                   "set prompt_names: {}")
+    assert not (tmp_path / "models/clip.pt").exists()
