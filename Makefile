@@ -62,7 +62,8 @@ GPU_WHEELS := open_clip_torch ftfy wcwidth pydantic pydantic_core annotated-type
 	scmrepo atpublic colorama diskcache dpath dulwich flatten-dict flufl.lock funcy orjson \
 	pathspec pygtrie ruamel.yaml sqltrie tabulate voluptuous zc.lockfile \
 	peft accelerate psutil transformers tokenizers regex huggingface_hub hf-xet safetensors \
-	torchmetrics lightning-utilities
+	torchmetrics lightning-utilities albumentations albucore opencv-python-headless simsimd \
+	stringzilla
 gpu-wheels:
 	rm -rf .whl && mkdir .whl
 	for name in $(GPU_WHEELS); do \

@@ -43,7 +43,7 @@ def _check_training_outputs(root) -> None:
 
 HEADLINE_COLUMNS = {f"{method}.{key}" for method in ("clip", "sglip", "aclip")
                     for key in (*HEADLINE, "val_acc", "test_acc", "test_f1", "test_top5",
-                                "test_ece")}
+                                "test_ece", "corrupt_acc")}
 
 
 def _flat(shown: dict) -> set[str]:
@@ -117,11 +117,16 @@ def test_repro_status_metrics_diff_plots_and_experiments(tmp_path):
     project.set_param("train.warmup_epochs", shared)
     assert project.changed_stages() == set()
 
-    # A fine-tuning tool's key of evaluate (WiSE-FT's α): the evaluations and plots, no training.
-    project.set_param("evaluate.wise_alphas", [0.0, 1.0])
+    # Evaluate's keys (the common corruptions; WiSE-FT's α): the evaluations and plots, no
+    # training.
+    project.set_param("evaluate.corruptions.severities", [2, 5])
     evaluations = {"evaluate@clip", "evaluate@sglip", "evaluate@aclip"}
     assert project.changed_stages() == evaluations
+    project.set_param("evaluate.wise_alphas", [0.0, 1.0])
+    assert project.changed_stages() == evaluations
     assert set(project.repro()) == evaluations | {"plot"}
+    report = json.loads((tmp_path / "metrics" / "clip" / "report.json").read_text())
+    assert all(list(by_severity) == ["2", "5"] for by_severity in report["corruptions"].values())
 
     html_dir = tmp_path / "plots-html"
     project.dvc("plots", "show", "--out", str(html_dir))

@@ -244,9 +244,34 @@ class AclipTrainConfig(TrainConfig):
     aclip: AclipConfig
 
 
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "snow", "jpeg", "contrast", "brightness",
+               "pixelate")
+"""The common corruptions evaluate can apply (ImageNet-C's families: noise, blur, weather,
+digital); harclip.evaluate.corruptions holds how."""
+
+
+@dataclass(config=STRICT)
+class CorruptionsConfig:
+    """The held-out split under common corruptions, scored beside the clean split."""
+
+    names: tuple[Literal[CORRUPTIONS], ...]
+    """Which corruptions; empty: none."""
+    severities: tuple[Annotated[StrictInt, Field(ge=1, le=5)], ...]
+    """ImageNet-C's severities, 1 (mild) to 5 (severe)."""
+    seed: StrictInt
+    """Seeds the corruptions' randomness, the same for every model."""
+
+    def __post_init__(self) -> None:
+        for key, values in (("names", self.names), ("severities", self.severities)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: each at most once")
+        if self.names and not self.severities:
+            raise ValueError("severities: list at least one (1 to 5) for the corruptions named")
+
+
 @dataclass(config=STRICT)
 class EvaluateConfig:
-    """Scoring each best checkpoint on the validation split."""
+    """Scoring each best checkpoint on the validation and test splits."""
 
     batch_size: Annotated[StrictInt, Field(ge=1)]
     device: StrictStr
@@ -255,6 +280,7 @@ class EvaluateConfig:
     wise_alphas: tuple[Annotated[StrictFloat, Field(ge=0.0, le=1.0)], ...]
     """WiSE-FT: score (1 − α)·zero-shot + α·fine-tuned weights at each α (a pretrained start
     only); the α best on val goes to eval.json. Empty: off."""
+    corruptions: CorruptionsConfig
 
     def __post_init__(self) -> None:
         _check_device(self.device)

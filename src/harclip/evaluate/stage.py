@@ -10,10 +10,11 @@ compare, under the model's name: val accuracy, and test accuracy, macro-F1, top-
 and calibration error after the checkpoint's temperature; on val without a test split),
 metrics/<name>/report.json (every score per split, per-class accuracy, class names, image
 counts, calibration before and after the temperature with the reliability diagram's bins,
-inference cost on this device, and the untouched pretrained backbone's zero-shot accuracy
-and calibration, the epoch-0 baseline) and metrics/<name>/predictions.csv (actual and
-predicted class per test image, or per val image without a test split: DVC's confusion plots
-read it).
+inference cost on this device, the untouched pretrained backbone's zero-shot accuracy and
+calibration, the epoch-0 baseline, and the held-out split's accuracy under each common
+corruption and severity, whose mean eval.json gives as corrupt_acc) and
+metrics/<name>/predictions.csv (actual and predicted class per test image, or per val image
+without a test split: DVC's confusion plots read it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from harclip.config.schema import EvaluateConfig, TrainConfig
 from harclip.data.cache import CACHE_DIR, load_split
 from harclip.evaluate.baselines import wise_ft, zero_shot_scores
+from harclip.evaluate.corruptions import corruption_scores
 from harclip.evaluate.inference import inference_cost, timed_logits, warm_up
 from harclip.evaluate.metrics import classification_metrics, headline_metrics
 from harclip.model.calibration import calibration_report
@@ -95,6 +97,19 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
     log.info("evaluate %s: calibration %.2f s, inference timing %.2f s (the latency; the "
              "throughput is the %s pass's own)", name, calibration_s, timing_s, held_out)
     metrics = headline_metrics(scores) | {f"{held_out}_ece": report["calibration"]["ece_after"]}
+    if config.corruptions.names and config.corruptions.severities:
+        started = time.perf_counter()
+        report["corruptions"] = corruption_scores(
+            model, *load_split(cache_dir, held_out), view, config.corruptions,
+            config.batch_size, dtype, device, name)
+        report["corruptions_split"] = held_out
+        metrics["corrupt_acc"] = round(float(np.mean([
+            accuracy for by_severity in report["corruptions"].values()
+            for accuracy in by_severity.values()])), 6)
+        log.info("evaluate %s: %s under %d corruptions × %d severities in %.1f s, mean "
+                 "accuracy %.3f", name, held_out, len(config.corruptions.names),
+                 len(config.corruptions.severities), time.perf_counter() - started,
+                 metrics["corrupt_acc"])
     if config.wise_alphas and not train_config.pretrained:
         log.info("evaluate %s: no WiSE-FT: it mixes the fine-tuned weights with the "
                  "pretrained start's, and this run started from scratch", name)

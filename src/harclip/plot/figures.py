@@ -125,6 +125,39 @@ def plot_wise_ft(reports: dict[str, dict], path: Path, dpi: int) -> None:
     fig.savefig(path, dpi=dpi)
 
 
+def plot_corruptions(reports: dict[str, dict], path: Path, dpi: int) -> None:
+    """Accuracy against corruption severity, a panel per corruption and one for their mean,
+    a line per model; severity 0 is the clean split."""
+    corrupted = {name: report for name, report in reports.items() if report.get("corruptions")}
+    first = next(iter(corrupted.values()))
+    panels = [*first["corruptions"], "mean"]
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(3.2 * columns, 2.8 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, sharex=True, sharey=True)).ravel()
+    for axis, panel in zip(axes, panels, strict=False):
+        for name, report in corrupted.items():
+            clean = report["scores"][report["corruptions_split"]]["accuracy"]
+            curves = report["corruptions"]
+            severities = list(next(iter(curves.values())))
+            accuracy = [np.mean([curves[c][s] for c in curves]) if panel == "mean"
+                        else curves[panel][s] for s in severities]
+            axis.plot([0, *map(int, severities)], [clean, *accuracy], marker="o",
+                      color=COLOURS[name], label=LABELS[name])
+        axis.set(title=panel.replace("_", " "), ylim=(0, 1), xticks=range(6))
+        axis.grid(alpha=0.3)
+    for axis in axes[len(panels):]:
+        axis.set_visible(False)
+    for axis in axes[::columns]:
+        axis.set(ylabel="accuracy")
+    for axis in axes[(rows - 1) * columns:]:
+        axis.set(xlabel="severity (0: clean)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Common corruptions of the {first['corruptions_split']} split "
+                 f"(ImageNet-C's families, albumentations)")
+    fig.savefig(path, dpi=dpi)
+
+
 def plot_reliability(name: str, calibration: dict, path: Path, dpi: int) -> None:
     """The reliability diagram before and after the temperature: each bin of the top-1
     confidence with its accuracy (bars), the gap to its mean confidence (red), the diagonal

@@ -3,8 +3,8 @@
 Per model: accuracy and loss (cross-entropy, train and val) against epoch, a normalised
 confusion matrix on the test split with its most frequent confusions listed beside it, and the
 study's per-epoch table. Across models: validation accuracy against epoch on one figure, time
-per epoch and peak memory side by side, and the study's summary table with val and test
-accuracy (plots/summary.md).
+per epoch and peak memory side by side, accuracy under common corruptions against their
+severity, and the study's summary table with val and test accuracy (plots/summary.md).
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
     figures.plot_val_accuracy(epochs, len(reports[METHODS[0]]["classes"]),
                               out_dir / "compare_val_accuracy.png", config.dpi)
     figures.plot_speed_memory(train, hardware, out_dir / "compare_speed_memory.png", config.dpi)
+    if any(report.get("corruptions") for report in reports.values()):
+        figures.plot_corruptions(reports, out_dir / "corruptions.png", config.dpi)
     if any("wise_ft" in report for report in reports.values()):
         figures.plot_wise_ft(reports, out_dir / "wise_ft.png", config.dpi)
     (out_dir / "epochs.md").write_text("\n".join(epochs_table(n, epochs[n]) for n in METHODS))

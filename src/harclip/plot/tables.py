@@ -55,6 +55,12 @@ def _calibration(report: dict) -> str:
     return "—" if calibration is None else f"{calibration['ece_after']:.3f}"
 
 
+def _corrupted(report: dict) -> str:
+    curves = report.get("corruptions")
+    return "—" if not curves else \
+        f"{np.mean([a for by_severity in curves.values() for a in by_severity.values()]):.1%}"
+
+
 def _inference(report: dict) -> str:
     inference = report.get("inference")
     return "—" if inference is None else \
@@ -67,8 +73,9 @@ def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
     calibration error after temperature scaling and what inference costs."""
     lines = ["| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | "
              "Peak Memory | Training Throughput | Test Macro-F1 | Test Top-5 | Zero-shot (test) | "
-             "Test ECE | Inference |",
-             "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: |"]
+             "Corrupted (test) | Test ECE | Inference |",
+             "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: "
+             "| :-: |"]
     for name, metrics in train.items():
         scores = reports[name]["scores"]
         held_out = "test" if "test" in scores else "val"
@@ -83,7 +90,8 @@ def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
             f"{metrics['mean_images_per_s']:.0f} img/s | "
             f"{scores[held_out]['macro_f1']:.3f} | {_percent(scores, held_out, 'top5_accuracy')}"
             f" | {'—' if held_out not in zero_shot else f'{zero_shot[held_out]:.1%}'} | "
-            f"{_calibration(reports[name])} | {_inference(reports[name])} |")
+            f"{_corrupted(reports[name])} | {_calibration(reports[name])} | "
+            f"{_inference(reports[name])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,11 +102,16 @@ def measured_on(hardware: str, reports: dict[str, dict]) -> str:
              if "inference" in r}
     batches = " or ".join(sorted({str(batch) for batch, _ in timed}))
     devices = "; ".join(sorted({device for _, device in timed}))
+    corrupted = next((r for r in reports.values() if r.get("corruptions")), None)
+    corruptions = "" if corrupted is None else \
+        f" Corrupted: the mean accuracy over {', '.join(corrupted['corruptions'])} at " \
+        f"severities {', '.join(next(iter(corrupted['corruptions'].values())))} " \
+        f"(plots/corruptions.png)."
     inference = "" if not timed else \
         f" Test ECE: the expected calibration error (15 bins) on test after temperature " \
         f"scaling. Inference: images per second at batch {batches} and one image's median " \
         f"latency, on {devices}."
-    return f"Training measured on {hardware}.{inference}\n"
+    return f"Training measured on {hardware}.{corruptions}{inference}\n"
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

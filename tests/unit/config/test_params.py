@@ -97,6 +97,12 @@ def test_the_code_holds_no_default_for_any_key():
     ({"train__lr": None}, "train.lr", "missing key"),
     ({"train_sglip__model": None}, "train_sglip.model", "missing key"),
     ({"evaluate__wise_alphas": None}, "evaluate.wise_alphas", "missing key"),
+    ({"evaluate__corruptions__names": ["fog"]}, "evaluate.corruptions.names.0",
+     "'gaussian_noise'"),
+    ({"evaluate__corruptions__severities": [6]}, "evaluate.corruptions.severities.0",
+     "less than or equal to 5"),
+    ({"evaluate__corruptions__severities": []}, "evaluate.corruptions",
+     "severities: list at least one"),
     ({"train_clip__betas": [0.9, 1.5]}, "train_clip.betas.1", "less than 1"),  # the model's
     ({"train__warmup_epochs": 20.0}, "train", "warmup_epochs 20.0 exceeds epochs 10"),
     ({"train_sglip__warmup_epochs": 20.0}, "train_sglip", "warmup_epochs 20.0 exceeds"),

@@ -14,6 +14,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from harclip.config.schema import CorruptionsConfig
 from harclip.data.cache import CacheItem, load_split, write_cache
 from harclip.data.layout import CLASS_NAMES
 from harclip.evaluate import baselines
@@ -80,12 +81,15 @@ def test_evaluate_scores_val_and_test_and_agrees_with_sklearn(tmp_path):
     weights = tmp_path / "backbone.pt"
     torch.save(create_backbone("harclip-tiny-clip", None).state_dict(), weights)
     _checkpoint(tmp_path / "models", "clip", pretrained=str(weights))
-    metrics = evaluate("clip", evaluate_config(batch_size=7, wise_alphas=()), tmp_path / "cache",
-                       tmp_path / "models", tmp_path / "metrics")
+    corruptions = CorruptionsConfig(names=("jpeg", "gaussian_blur"), severities=(1, 5), seed=0)
+    metrics = evaluate("clip", evaluate_config(batch_size=7, wise_alphas=(),
+                                               corruptions=corruptions),
+                       tmp_path / "cache", tmp_path / "models", tmp_path / "metrics")
     out = tmp_path / "metrics" / "clip"
     saved = json.loads((out / "eval.json").read_text())
     assert saved == {"clip": json.loads(json.dumps(metrics))}  # under the model's name
-    assert set(metrics) == {"val_acc", "test_acc", "test_f1", "test_top5", "test_ece"}
+    assert set(metrics) == {"val_acc", "test_acc", "test_f1", "test_top5", "test_ece",
+                            "corrupt_acc"}
     assert all(isinstance(v, float) for v in metrics.values())  # numbers only
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -97,6 +101,11 @@ def test_evaluate_scores_val_and_test_and_agrees_with_sklearn(tmp_path):
         f1_score(actual, predicted, labels=list(CLASS_NAMES), average="macro", zero_division=0))
     report = json.loads((out / "report.json").read_text())
     assert report["images"] == {"val": 30, "test": 20} and report["checkpoint_epoch"] == 2
+    assert report["corruptions_split"] == "test"  # the test split, each corruption × severity
+    assert {name: list(by_severity) for name, by_severity in report["corruptions"].items()} \
+        == {"jpeg": ["1", "5"], "gaussian_blur": ["1", "5"]}
+    assert metrics["corrupt_acc"] == pytest.approx(np.mean(
+        [a for by_severity in report["corruptions"].values() for a in by_severity.values()]))
     assert report["classes"] == list(CLASS_NAMES) and report["predictions_split"] == "test"
     assert set(report["per_class_accuracy"]["test"]) == set(CLASS_NAMES)
     assert report["scores"]["val"]["accuracy"] == metrics["val_acc"]
@@ -142,9 +151,10 @@ def test_without_a_test_split_evaluate_reports_val_alone(tmp_path):
     _checkpoint(tmp_path / "models", "clip")
     metrics = evaluate("clip", evaluate_config(wise_alphas=()), tmp_path / "cache",
                        tmp_path / "models", tmp_path / "metrics")
-    assert set(metrics) == {"val_acc", "val_f1", "val_top5", "val_ece"}
+    assert set(metrics) == {"val_acc", "val_f1", "val_top5", "val_ece", "corrupt_acc"}
     report = json.loads((tmp_path / "metrics" / "clip" / "report.json").read_text())
-    assert report["predictions_split"] == "val" and report["calibration"]["split"] == "val"
+    assert report["predictions_split"] == report["calibration"]["split"] == \
+        report["corruptions_split"] == "val"
 
 
 def test_evaluate_without_a_checkpoint_names_it_and_the_stage_that_makes_it(tmp_path):

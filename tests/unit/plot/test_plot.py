@@ -73,10 +73,10 @@ def test_plot_writes_valid_figures_and_the_studys_tables(tmp_path):
     summary = (tmp_path / "plots" / "summary.md").read_text()
     assert "| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | " \
            "Peak Memory | Training Throughput |" in summary
-    assert "| Zero-shot (test) | Test ECE | Inference |" in summary
+    assert "| Zero-shot (test) | Corrupted (test) | Test ECE | Inference |" in summary
     for label in ("**CLIP**", "**SigLIP**", "**A-CLIP**"):
         assert f"| {label} | 54.0% | 51.0% | 3 | 10.5 s | 30.0 s | 0.98 GiB | 300 img/s | " \
-               f"0.490 | 88.0% | — | 0.031 | 1,234 img/s, 2.5 ms |" in summary
+               f"0.490 | 88.0% | — | — | 0.031 | 1,234 img/s, 2.5 ms |" in summary
     assert "Training measured on 2 CPU cores (test). Test ECE: the expected calibration error " \
            "(15 bins) on test after temperature scaling. Inference: images per second at batch " \
            "256 and one image's median latency, on 2 CPU cores (test)." in summary
@@ -86,6 +86,25 @@ def test_plot_writes_valid_figures_and_the_studys_tables(tmp_path):
     assert "| 3 | 0.600 | 0.540 | 10.5 | 0.5 | 1000 |" in epochs  # A-CLIP's refresh column
     confusions = (tmp_path / "plots" / "confusions.md").read_text()
     assert confusions.count("most frequent confusions (test split)") == 3
+
+
+def test_corruptions_get_a_figure_and_the_summary_their_mean(tmp_path):
+    _fabricate_results(tmp_path)
+    for name, drop in zip(METHODS, (0.1, 0.2, 0.3), strict=True):
+        path = tmp_path / "metrics" / name / "report.json"
+        report = json.loads(path.read_text())
+        report["corruptions"] = {c: {str(s): 0.51 - drop * s / 5 for s in (1, 3, 5)}
+                                 for c in ("jpeg", "gaussian_blur")}
+        report["corruptions_split"] = "test"
+        path.write_text(json.dumps(report))
+    plot(PlotConfig(dpi=60), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
+    with Image.open(tmp_path / "plots" / "corruptions.png") as image:
+        image.verify()
+    summary = (tmp_path / "plots" / "summary.md").read_text()
+    assert "| 88.0% | — | 45.0% | 0.031 |" in summary  # CLIP: 0.51 − 0.1 × mean(1, 3, 5) / 5
+    assert "| 88.0% | — | 33.0% | 0.031 |" in summary  # A-CLIP
+    assert "Corrupted: the mean accuracy over jpeg, gaussian_blur at severities 1, 3, 5 " \
+           "(plots/corruptions.png)." in summary
 
 
 def test_confusion_figures_grow_with_the_number_of_classes(tmp_path):
