@@ -177,6 +177,9 @@ class TrainConfig:
     the stage relaunches itself under torchrun."""
     compile: StrictBool
     seed: StrictInt
+    shots_per_class: Annotated[StrictInt, Field(ge=1)] | None
+    """Train on k images of each class (stratified, drawn with `seed`; a class with fewer
+    gives all of its own); null: the whole training split. Val and test are untouched."""
     augment: AugmentConfig
     log_every: Annotated[StrictInt, Field(ge=1)]
     """Progress-bar refresh, in steps: the only host–device syncs inside an epoch."""

@@ -154,15 +154,15 @@ def calibration(logits: dict[str, np.ndarray], splits: dict[str, CachedSplit], m
                                                     splits[held_out].labels.cpu(), temperature)}
 
 
-WEIGHT_INDEPENDENT = {"cache_in_memory": "auto"}
-"""Training keys newer than some checkpoints that do not shape the weights: a checkpoint
-written before them reads as if it had them."""
+BEFORE_THEM = {"cache_in_memory": "auto", "shots_per_class": None}
+"""Training keys newer than some checkpoints, with the value in effect before them (every
+image in memory, the whole training split): a checkpoint written before them reads so."""
 
 
 def trained_with(meta: dict, checkpoint: Path) -> TrainConfig:
     """The training params a checkpoint records (A-CLIP's masking left aside): what its
     zero-shot start and WiSE-FT are rebuilt from."""
-    recorded = {**WEIGHT_INDEPENDENT, **meta["params"]}
+    recorded = {**BEFORE_THEM, **meta["params"]}
     try:
         return TrainConfig(**{key: value for key, value in recorded.items()
                               if key in TrainConfig.__dataclass_fields__})

@@ -3,6 +3,7 @@
     python -m harclip.experiments show                       # every run at a glance
     python -m harclip.experiments seeds --seeds 1 2          # every model at other seeds
     python -m harclip.experiments ablation --seeds 0 1 2     # A-CLIP vs FLIP vs full tokens
+    python -m harclip.experiments shots --shots 1 2 4 8 16 --seeds 0 1 2   # few labels
     dvc queue status                                         # follow them
     python -m harclip.experiments report seeds --out docs/results
     python -m harclip.experiments report ablation --out docs/results
@@ -23,9 +24,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from harclip.experiments import report
+from harclip.experiments import report, shots
 from harclip.experiments.show import show_table, with_inference
-from harclip.experiments.sweeps import queue_ablation, queue_finetune, queue_seeds
+from harclip.experiments.sweeps import queue_ablation, queue_finetune, queue_seeds, queue_shots
 from harclip.runtime.harness import PARAMS_FILE, run
 from harclip.runtime.log import log
 
@@ -36,12 +37,17 @@ def main() -> None:
     commands = cli.add_subparsers(dest="command", required=True)
     for name, text in (("seeds", "queue every model at other seeds"),
                        ("ablation", "queue A-CLIP vs FLIP vs all tokens at keep 0.5 / 0.75"),
-                       ("finetune", "queue the fine-tuning tools side by side")):
+                       ("finetune", "queue the fine-tuning tools side by side"),
+                       ("shots", "queue few-shot runs: k images a class, full / linear / "
+                                 "LoRA")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--seeds", type=int, nargs="+", required=True)
         command.add_argument("--jobs", type=int, default=1,
                              help="experiments run at once (dvc queue start -j); 0: queue "
                                   "only, to start the queue once after queueing both sweeps")
+    commands.choices["shots"].add_argument(
+        "--shots", type=int, nargs="+", required=True, metavar="K",
+        help="training images per class (train.shots_per_class), e.g. 1 2 4 8 16")
     commands.choices["ablation"].add_argument(
         "--keep-ratios", type=float, nargs="+", default=[0.75, 0.5],
         help="keep ratios of the masked runs (all tokens, 1.0, always)")
@@ -50,7 +56,7 @@ def main() -> None:
     show.add_argument("--rev", nargs="+", dest="revs",
                       help="commits whose experiments to show (default: the current one)")
     collect = commands.add_parser("report", help="table and figure of finished experiments")
-    collect.add_argument("kind", choices=("seeds", "ablation", "finetune"))
+    collect.add_argument("kind", choices=("seeds", "ablation", "finetune", "shots"))
     collect.add_argument("--out", type=Path, default=Path("docs/results"))
     collect.add_argument("--rev", nargs="+", dest="revs",
                          help="the commits the experiments were run on, their params.yaml "
@@ -64,8 +70,12 @@ def main() -> None:
         queue_ablation(PARAMS_FILE, args.seeds, args.jobs, tuple(args.keep_ratios))
     elif args.command == "finetune":
         queue_finetune(PARAMS_FILE, args.seeds, args.jobs)
+    elif args.command == "shots":
+        queue_shots(PARAMS_FILE, args.shots, args.seeds, args.jobs)
     else:
-        table, written = report.report(args.kind, args.out, report.finished_runs(args.revs))
+        rows = report.finished_runs(args.revs)
+        table, written = shots.report_shots(args.out, rows, shots.zero_shot_of(rows)) \
+            if args.kind == "shots" else report.report(args.kind, args.out, rows)
         sys.stdout.write(table)
         log.info("wrote %s", ", ".join(map(str, written)))
 

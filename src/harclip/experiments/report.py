@@ -108,7 +108,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
-def _pm(values: list[float], scale: float = 100.0, digits: int = 1, sign: str = "") -> str:
+def mean_pm(values: list[float], scale: float = 100.0, digits: int = 1, sign: str = "") -> str:
     """Mean ± std as a table cell (`sign` "+": the mean's sign written always)."""
     mean, std = mean_std(values)
     spread = f"{std * scale:.{digits}f}" if len(values) > 1 else "—"  # one seed: no spread
@@ -137,8 +137,8 @@ def seeds_table(rows: list[dict]) -> tuple[str, dict]:
         entry["seeds"] = sorted(entry["seeds"])
     lines = ["| Model | Seeds | Test accuracy (%) | Val accuracy (%) | Time per epoch (s) |",
              "| :-- | :-: | :-: | :-: | :-: |"]
-    lines += [f"| **{LABELS[m]}** | {', '.join(map(str, f['seeds']))} | {_pm(f['test_acc'])} "
-              f"| {_pm(f['val_acc'])} | {_pm(f['epoch_s'], 1.0)} |"
+    lines += [f"| **{LABELS[m]}** | {', '.join(map(str, f['seeds']))} | {mean_pm(f['test_acc'])} "
+              f"| {mean_pm(f['val_acc'])} | {mean_pm(f['epoch_s'], 1.0)} |"
               for m, f in found.items() if f["seeds"]]
     return "\n".join(lines) + "\n", found
 
@@ -158,8 +158,8 @@ def ablation_table(rows: list[dict]) -> tuple[str, dict]:
             continue
         entry = {**runs, "label": label, "keep": keep, "seeds": len(runs["seeds"])}
         found[(saliency, keep)] = entry
-        lines.append(f"| {label} | {keep:g} | {entry['seeds']} | {_pm(entry['test_acc'])} | "
-                     f"{_pm(entry['val_acc'])} | {_pm(entry['epoch_s'], 1.0)} |")
+        lines.append(f"| {label} | {keep:g} | {entry['seeds']} | {mean_pm(entry['test_acc'])} | "
+                     f"{mean_pm(entry['val_acc'])} | {mean_pm(entry['epoch_s'], 1.0)} |")
     return "\n".join(lines) + "\n", found
 
 
@@ -226,7 +226,7 @@ def _against_full(entry: dict) -> str:
     if not entry["paired"]:
         return "—"
     pairs = len(entry["paired"])
-    return _pm(entry["paired"], sign="+") + (
+    return mean_pm(entry["paired"], sign="+") + (
         f" ({pairs} seed{'s' * (pairs > 1)})" if pairs < len(entry["seeds"]) else "")
 
 
@@ -237,9 +237,10 @@ def finetune_table(found: dict) -> str:
                   "| Arm | Seeds | Test accuracy (%) | Against full fine-tuning, same seeds "
                   "(points) | Time per epoch (s) | Peak memory (MB) | Trainable parameters |",
                   "| :-- | :-: | :-: | :-: | :-: | :-: | --: |"]
-        lines += [f"| {label} | {len(e['seeds'])} | {_pm(e['test_acc'])} | {_against_full(e)} | "
-                  f"{_pm(e['epoch_s'], 1.0)} | {_pm(e['peak_mb'], 1.0, 0)} | "
-                  f"{int(e['trainable'][0]):,} |" for label, e in arms.items()]
+        lines += [f"| {label} | {len(e['seeds'])} | {mean_pm(e['test_acc'])} | "
+                  f"{_against_full(e)} | {mean_pm(e['epoch_s'], 1.0)} | "
+                  f"{mean_pm(e['peak_mb'], 1.0, 0)} | {int(e['trainable'][0]):,} |"
+                  for label, e in arms.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -270,7 +271,7 @@ def finetune_figure(found: dict, path: Path):
                       capsize=3, color=["#7f7f7f" if round(m * 100, 1) == 0 else
                                         "#2ca02c" if m > 0 else "#d62728" for m in means])
             for label, values in against[method].items():  # the table's cell, aside
-                axis.text(0.98, label, _pm(values, sign="+"), ha="right", va="center",
+                axis.text(0.98, label, mean_pm(values, sign="+"), ha="right", va="center",
                           fontsize="small", transform=axis.get_yaxis_transform())
             mean, spread = mean_std(arms[FINETUNE[0][0]]["test_acc"])
             axis.axvspan(-spread * 100, spread * 100, color="#7f7f7f", alpha=0.2,

@@ -1,5 +1,6 @@
 """The sweeps, queued through DVC's own experiment queue (`dvc exp run --queue -S ...`, then
-`dvc queue start`): every model at other seeds, A-CLIP's token choice, the fine-tuning tools.
+`dvc queue start`): every model at other seeds, A-CLIP's token choice, the fine-tuning tools,
+and few labels (k images a class).
 
 A key the three models share is set once in `train`; a key the params file sets per model (the
 start, A-CLIP's masking) in each `train_<method>`. A key in a model's own section goes in with
@@ -101,5 +102,24 @@ def queue_finetune(params: Path, seeds: list[int], jobs: int) -> None:
                     for arg in set_training(params, key, setting)]
             slug = "-".join(label.replace(",", "").replace("+ ", "").split()[:3])
             _dvc("exp", "run", "--queue", "--name", f"ft-{slug}-s{seed}", *sets)
+    if jobs:
+        _dvc("queue", "start", "-j", str(jobs))
+
+
+SHOTS_ARMS = [("full fine-tuning", "full"), ("linear probe", "linear"), ("LoRA (rank 4)", "lora")]
+"""What trains at each number of shots: (label, `tune`)."""
+
+
+def queue_shots(params: Path, shots: list[int], seeds: list[int], jobs: int) -> None:
+    """Queue every model at `shots_per_class` k for each k, arm (`tune`: full, linear, lora)
+    and seed, then start (`jobs` 0: queue only). Full data is the commit's own run and the
+    seeds sweep's; zero-shot comes from every evaluation."""
+    for k in shots:
+        for _, tune in SHOTS_ARMS:
+            for seed in seeds:
+                sets = [arg for key, setting in {"shots_per_class": k, "tune": tune,
+                                                 "seed": seed}.items()
+                        for arg in set_training(params, key, setting)]
+                _dvc("exp", "run", "--queue", "--name", f"shots-{k}-{tune}-s{seed}", *sets)
     if jobs:
         _dvc("queue", "start", "-j", str(jobs))

@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from harclip.train.resume import (
     snapshot,
 )
 from harclip.train.run_log import RunLog
+from harclip.train.shots import few_shot_rows
 
 
 def seed_everything(seed: int) -> None:
@@ -137,6 +138,9 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     train_images, train_labels = load_split(cache_dir, "train")
     val_images, val_labels = load_split(cache_dir, "val")
     class_names = cache_classes(cache_dir)
+    if config.shots_per_class is not None:
+        train_images, train_labels, config = few_shot(name, config, train_images, train_labels,
+                                                      class_names)
     model, prompts = build_model(config, class_names, section=f"train_{name}")
     model.to(device)
     if prompts is not None:
@@ -251,6 +255,29 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
              "checkpoint %s", name, summary["best_val_acc"], summary["best_epoch"],
              summary["temperature"], summary["temperature_fit_s"], checkpoint)
     return summary
+
+
+def few_shot(name: str, config: TrainConfig, images: np.ndarray, labels: np.ndarray,
+             class_names: list[str]) -> tuple[np.ndarray, np.ndarray, TrainConfig]:
+    """The training split cut to `shots_per_class` images a class, and the config with its
+    batch capped to the images left (a multiple of the processes) where they are fewer."""
+    rows, short = few_shot_rows(labels, config.shots_per_class, config.seed)
+    log.info("%s: %d shot(s) per class: %d of the %d training images (drawn with seed %d)",
+             name, config.shots_per_class, len(rows), len(labels), config.seed)
+    if short:
+        counts = np.bincount(labels, minlength=len(class_names))
+        log.info("%s: %d class(es) have fewer than %d training images and give all of them: "
+                 "%s", name, len(short), config.shots_per_class,
+                 ", ".join(f"{class_names[c]} ({counts[c]})" for c in short))
+    if len(rows) < config.batch_size:
+        batch = max(len(rows) - len(rows) % config.nprocs, config.nprocs)
+        micro = config.micro_batch_size
+        log.info("%s: batch_size %d capped to %d, the %d training images%s", name,
+                 config.batch_size, batch, len(rows),
+                 f" over {config.nprocs} processes" if config.nprocs > 1 else "")
+        config = replace(config, batch_size=batch, micro_batch_size=micro if micro and
+                         (batch // config.nprocs) % micro == 0 else None)
+    return np.asarray(images[rows]), labels[rows], config
 
 
 def calibrate(best: Path, checkpoint: Path, val_split: CachedSplit, batch_size: int) -> float:

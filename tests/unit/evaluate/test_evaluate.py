@@ -260,13 +260,14 @@ def test_zero_shot_baseline_uses_the_pretrained_tags_normalisation(fake_tag, sma
     assert [p["mean"] for p in seen] == [list(SIGLIP_MEAN)]
 
 
-def test_a_checkpoint_from_before_cache_in_memory_still_gives_its_training_params(tmp_path):
-    """A key that does not shape the weights, added after a checkpoint was written, must not
-    make evaluate ask for a retraining."""
+def test_a_checkpoint_from_before_newer_keys_still_gives_its_training_params(tmp_path):
+    """Keys added after a checkpoint was written (cache_in_memory, shots_per_class) read as
+    what was in effect before them: no retraining asked for."""
     params = asdict(train_config(lr=1e-4))
-    del params["cache_in_memory"]
+    del params["cache_in_memory"], params["shots_per_class"]
     config = evaluate_stage.trained_with({"params": params}, tmp_path / "clip.pt")
     assert config.lr == 1e-4 and config.cache_in_memory == "auto"
+    assert config.shots_per_class is None  # the whole training split
     params.pop("lr")  # a key that does shape them is still required
     with pytest.raises(StageError, match="retrain it"):
         evaluate_stage.trained_with({"params": params}, tmp_path / "clip.pt")

@@ -125,3 +125,32 @@ def test_the_published_checkpoint_carries_the_temperature_fitted_on_val(small_ca
     assert meta["temperature"] == pytest.approx(fit_temperature(logits, val.labels), rel=1e-4)
     assert summary["temperature"] == meta["temperature"] != 1.0
     assert meta["epoch"] == summary["best_epoch"] and meta["val_acc"] == summary["best_val_acc"]
+
+
+def test_a_one_shot_run_of_15_images_trains_with_its_batch_capped(small_cache, tmp_path,
+                                                                   caplog):
+    """shots_per_class 1: one image of each of the 15 classes, a batch of 32 capped to the 15;
+    val is the whole split."""
+    config = train_config(shots_per_class=1, epochs=2, batch_size=32, device="cpu")
+    with caplog.at_level("INFO", logger="harclip"):
+        summary = train_stage.run("clip", config, small_cache, tmp_path / "models",
+                                  tmp_path / "logs", tmp_path / "resume")
+    said = [r.getMessage() for r in caplog.records]
+    train_labels = load_split(small_cache, "train")[1]
+    assert f"clip: 1 shot(s) per class: 15 of the {len(train_labels)} training images " \
+           f"(drawn with seed 0)" in said
+    assert "clip: batch_size 32 capped to 15, the 15 training images" in said
+    val = len(load_split(small_cache, "val")[1])
+    assert any(f"15 train / {val} val images" in line for line in said)
+    _, meta = load_checkpoint(tmp_path / "models" / "clip.pt")
+    assert meta["params"]["shots_per_class"] == 1 and meta["params"]["batch_size"] == 15
+    epochs = read_epochs(tmp_path / "logs" / "clip")
+    assert [e["epoch"] for e in epochs] == [1, 2] and summary["best_val_acc"] > 0
+
+
+def test_the_shots_are_part_of_what_a_resumed_run_must_share(small_cache):
+    from harclip.train.resume import run_fingerprint
+
+    prints = {run_fingerprint(train_config(shots_per_class=k), small_cache, CPU)
+              for k in (None, 1, 2)}
+    assert len(prints) == 3
