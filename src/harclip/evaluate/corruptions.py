@@ -25,7 +25,7 @@ from harclip.model.scoring import image_logits
 from harclip.model.views import DeviceAugment
 from harclip.runtime.log import log
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI on import
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations asks PyPI on import otherwise
 import albumentations as A  # after the line above
 import cv2
 
@@ -41,6 +41,12 @@ def _fixed(values: tuple[float, ...]) -> Callable[[int, int], float]:
     return lambda severity, side: values[severity - 1]
 
 
+def _kernel(sigma: float) -> int:
+    """A fixed odd kernel wide enough for ±3σ (a bare int `blur_limit` would draw the size
+    per image, sometimes 1: no blur)."""
+    return 2 * math.ceil(3 * sigma) + 1
+
+
 TRANSFORMS: dict[str, tuple[Callable[[int, int], float], Callable[[float], A.BasicTransform]]]
 TRANSFORMS = {
     # noise: Gaussian, std as a share of 255 (ImageNet-C's c)
@@ -48,10 +54,10 @@ TRANSFORMS = {
                        lambda c: A.GaussNoise(std_range=(c, c), p=1.0)),
     # blur: σ in pixels at 224 px, scaled to the cache's side
     "gaussian_blur": (_scaled((1.0, 2.0, 3.0, 4.0, 6.0)),
-                      lambda c: A.GaussianBlur(blur_limit=2 * math.ceil(3 * c) + 1,
+                      lambda c: A.GaussianBlur(blur_limit=(_kernel(c), _kernel(c)),
                                                sigma_limit=(c, c), p=1.0)),
-    # weather: snow, the share of the image it whitens (albumentations' fog, drawn circle by
-    # circle, costs 100 times as much)
+    # weather: snow, bleaching the pixels whose lightness is under (c × 127.5 + 85) by 2.5
+    # (albumentations' fog, drawn circle by circle, costs 100 times as much)
     "snow": (_fixed((0.1, 0.2, 0.3, 0.4, 0.5)),
              lambda c: A.RandomSnow(snow_point_range=(c, c), brightness_coeff=2.5,
                                     method="bleach", p=1.0)),

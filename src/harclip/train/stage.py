@@ -13,6 +13,7 @@ run removes that state, so the next run starts afresh. Under torchrun only rank 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import shutil
 import time
@@ -139,8 +140,8 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     val_images, val_labels = load_split(cache_dir, "val")
     class_names = cache_classes(cache_dir)
     if config.shots_per_class is not None:
-        train_images, train_labels, config = few_shot(name, config, train_images, train_labels,
-                                                      class_names)
+        train_images, train_labels, config = few_shot(name, config, world, train_images,
+                                                      train_labels, class_names)
     model, prompts = build_model(config, class_names, section=f"train_{name}")
     model.to(device)
     if prompts is not None:
@@ -257,10 +258,13 @@ def _run(name: str, config: TrainConfig, world: World, cache_dir: Path, models_d
     return summary
 
 
-def few_shot(name: str, config: TrainConfig, images: np.ndarray, labels: np.ndarray,
-             class_names: list[str]) -> tuple[np.ndarray, np.ndarray, TrainConfig]:
+def few_shot(name: str, config: TrainConfig, world: World, images: np.ndarray,
+             labels: np.ndarray, class_names: list[str]) \
+        -> tuple[np.ndarray, np.ndarray, TrainConfig]:
     """The training split cut to `shots_per_class` images a class, and the config with its
-    batch capped to the images left (a multiple of the processes) where they are fewer."""
+    batch capped to the images left where they are fewer: a multiple of the processes, its
+    micro-batch the largest that still divides each process's share and is no larger than
+    the one asked (the memory it bounds)."""
     rows, short = few_shot_rows(labels, config.shots_per_class, config.seed)
     log.info("%s: %d shot(s) per class: %d of the %d training images (drawn with seed %d)",
              name, config.shots_per_class, len(rows), len(labels), config.seed)
@@ -270,13 +274,23 @@ def few_shot(name: str, config: TrainConfig, images: np.ndarray, labels: np.ndar
                  "%s", name, len(short), config.shots_per_class,
                  ", ".join(f"{class_names[c]} ({counts[c]})" for c in short))
     if len(rows) < config.batch_size:
-        batch = max(len(rows) - len(rows) % config.nprocs, config.nprocs)
+        unit = math.lcm(world.size, config.nprocs)  # what the Trainer and the params divide
+        batch = len(rows) - len(rows) % unit
+        if not batch:
+            raise StageError(f"train_{name}.shots_per_class {config.shots_per_class} gives "
+                             f"{len(rows)} training images, fewer than the {unit} processes "
+                             f"each step needs one for: raise shots_per_class, or run fewer "
+                             f"processes")
         micro = config.micro_batch_size
+        if micro:
+            micro = max(d for d in range(1, micro + 1)
+                        if (batch // world.size) % d == 0 and (batch // config.nprocs) % d == 0)
         log.info("%s: batch_size %d capped to %d, the %d training images%s", name,
                  config.batch_size, batch, len(rows),
-                 f" over {config.nprocs} processes" if config.nprocs > 1 else "")
-        config = replace(config, batch_size=batch, micro_batch_size=micro if micro and
-                         (batch // config.nprocs) % micro == 0 else None)
+                 f" over {world.size} processes" if world.size > 1 else "")
+        config = replace(config, batch_size=batch, micro_batch_size=micro)
+    if len(rows) == len(labels):  # every image: the split as it was (memory-mapped)
+        return images, labels, config
     return np.asarray(images[rows]), labels[rows], config
 
 

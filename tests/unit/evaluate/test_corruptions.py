@@ -49,6 +49,19 @@ def test_a_corruption_changes_the_images_more_as_its_severity_grows(images, name
     assert np.array_equal(corrupter(name, 0, 40, seed=0)(images), images)  # severity 0
 
 
+@pytest.mark.parametrize("name", sorted(set(CORRUPTIONS) - {"gaussian_noise"}))
+def test_the_other_corruptions_are_fixed_per_severity(images, name):
+    """One transform for every image: blur's kernel, JPEG's quality and the rest are not
+    drawn per image (a blur of kernel 1 would leave an image untouched)."""
+    corrupt = corrupter(name, 3, 40, seed=0)
+    twice = np.concatenate([images[:1], images[:1]])
+    out = corrupt(twice)
+    assert np.array_equal(out[0], out[1])
+    assert np.array_equal(corrupter(name, 3, 40, seed=1)(images), corrupt(images))
+    assert all(np.abs(o.astype(int) - i).mean() > 0 for o, i in zip(corrupt(images), images,
+                                                                     strict=True))
+
+
 def test_noise_is_the_same_whatever_the_batches_and_differs_with_the_seed(images):
     """Gaussian noise is the one random corruption (the others are fixed per severity)."""
     name = "gaussian_noise"

@@ -59,7 +59,7 @@ def test_the_report_gives_each_arms_curve_zero_shot_full_data_and_what_they_say(
     assert "| **CLIP** | linear probe | 45.0 ± — | 50.0 ± — | 60.0 ± — | — |" in table
     assert "- **CLIP**: full fine-tuning beats zero-shot (40.0%) from 4 shot(s) a class on; " \
            "linear probe above full fine-tuning at k = 1; LoRA (rank 4) above full " \
-           "fine-tuning at no k measured." in table
+           "fine-tuning at no k both ran." in table
     assert "- **SigLIP**: full fine-tuning beats zero-shot" not in table  # no zero-shot given
     assert (tmp_path / "shots.md").read_text() == table
     figure = shots.shots_figure(found, tmp_path / "again.png")
@@ -68,6 +68,16 @@ def test_the_report_gives_each_arms_curve_zero_shot_full_data_and_what_they_say(
     full = next(line for line in axis.get_lines() if line.get_label() == "full fine-tuning")
     assert list(full.get_xdata()) == [1, 4, 16]
     assert list(full.get_ydata()) == pytest.approx([32.0, 58.0, 70.0])
+
+
+def test_a_curve_that_dips_back_under_zero_shot_is_said_so():
+    found = {"clip": {"arms": {"full fine-tuning": {1: [0.30], 4: [0.50], 16: [0.35]}},
+                      "full_data": [], "zero_shot": 0.40}}
+    assert shots.findings(found) == ["- **CLIP**: full fine-tuning beats zero-shot (40.0%) at "
+                                     "k = 4 but not from any k on."]
+    found["clip"]["arms"]["full fine-tuning"][4] = [0.39]
+    assert shots.findings(found) == ["- **CLIP**: full fine-tuning stays at or below zero-shot "
+                                     "(40.0%) at every k measured."]
 
 
 def test_without_shots_runs_the_report_is_refused_and_nothing_written(tmp_path):

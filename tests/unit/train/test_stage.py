@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +155,39 @@ def test_the_shots_are_part_of_what_a_resumed_run_must_share(small_cache):
     prints = {run_fingerprint(train_config(shots_per_class=k), small_cache, CPU)
               for k in (None, 1, 2)}
     assert len(prints) == 3
+
+
+@pytest.mark.parametrize(("nprocs", "micro", "batch", "micro_after"), [
+    (1, None, 15, None),  # one process: every image in one step
+    (2, None, 14, None),  # 15 images over 2 processes: 7 each
+    (2, 5, 14, 1),  # 7 a process: the largest micro-batch ≤ 5 dividing it
+    (4, 5, 12, 3),  # 3 a process
+    (3, 5, 15, 5),  # 5 a process: the micro-batch asked still fits
+])
+def test_a_capped_batch_suits_the_processes_and_keeps_the_micro_batch_bound(
+        nprocs, micro, batch, micro_after):
+    """15 images of 15 classes against a batch of 60: the batch splits evenly over the
+    processes, and no forward pass takes more images than micro_batch_size allowed."""
+    from harclip.runtime.distributed import World
+
+    labels = np.repeat(np.arange(15), 4)
+    images = np.zeros((60, 3, 4, 4), dtype=np.uint8)
+    config = train_config(shots_per_class=1, batch_size=60, nprocs=nprocs,
+                          micro_batch_size=micro)
+    kept, kept_labels, capped = train_stage.few_shot(
+        "clip", config, World(size=nprocs, local_size=nprocs), images, labels,
+        list(CLASS_NAMES))
+    assert len(kept) == len(kept_labels) == 15 and sorted(kept_labels) == list(range(15))
+    assert (capped.batch_size, capped.micro_batch_size) == (batch, micro_after)
+
+
+def test_fewer_shots_than_processes_is_one_line_naming_the_key():
+    from harclip.runtime.distributed import World
+    from harclip.runtime.errors import StageError
+
+    labels = np.array([0, 0, 1, 1])
+    config = train_config(shots_per_class=1, batch_size=4, nprocs=4)
+    with pytest.raises(StageError, match=r"train_clip.shots_per_class 1 gives 2 training "
+                                         r"images, fewer than the 4 processes"):
+        train_stage.few_shot("clip", config, World(size=4, local_size=4),
+                             np.zeros((4, 3, 4, 4), np.uint8), labels, ["a", "b"])
