@@ -144,6 +144,8 @@ def plot_corruptions(reports: dict[str, dict], path: Path, dpi: int) -> None:
                         else curves[panel][s] for s in severities]
             axis.plot([0, *map(int, severities)], [clean, *accuracy], marker="o",
                       color=COLOURS[name], label=LABELS[name])
+        axis.axhline(1 / len(first["classes"]), color="#7f7f7f", linestyle=":",
+                     label="chance")
         axis.set(title=panel.replace("_", " "), ylim=(0, 1), xticks=range(6))
         axis.grid(alpha=0.3)
     for axis in axes[len(panels):]:
