@@ -419,6 +419,8 @@ def run_phases(phases: list[tuple[str, Callable[[], None]]], ws: Workspace,
 
 
 def main() -> int:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started as a background job:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the Ctrl-C check needs it
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("out", type=Path, help="folder for gpu_check.json, .md and .log")
     cli.add_argument("--small", action="store_true",

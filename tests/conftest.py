@@ -4,6 +4,7 @@ cores shared out among pytest-xdist's workers."""
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,12 @@ from tests.support import HAR_SAMPLE
 def pytest_configure(config):
     """Under pytest-xdist, share the cores among the workers (and the stages they start):
     each worker's torch taking every core makes their OpenMP threads spin against each
-    other (on 2 cores the unchanged `gpu_check --small` test took 299 s before, 104 s after)."""
+    other (on 2 cores the unchanged `gpu_check --small` test took 299 s before, 104 s after).
+    And a suite started as a background job (`cmd &` in a script) inherits SIGINT ignored,
+    which every process it starts would keep, so the Ctrl-C tests would send a signal their
+    stages never see: caught here, it is back to the default in every child."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
