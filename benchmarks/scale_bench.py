@@ -4,10 +4,10 @@ preprocess, one training epoch and evaluate at 1×, 4× and 16× the demo's imag
     python benchmarks/scale_bench.py [--scales 1 4 16] [--json out.json]
 
 Each scale runs the stages' own commands in a fresh folder, on the synthetic source with the
-demo's params.yaml (`download.synthetic.images_per_class` × the scale; `train_clip` for one
-epoch). Peak memory is read every 50 ms: the stage process's own (VmHWM) and its process
-tree's. The growth exponent is the slope of log(cost) against log(images): 1 is linear, 0
-flat. Numbers belong in docs/benchmarks.md.
+demo's params.yaml (`download.synthetic.images_per_class` and `shifted_images_per_class` × the
+scale; `train_clip` for one epoch). Peak memory is read every 50 ms: the stage process's own
+(VmHWM) and its process tree's. The growth exponent is the slope of log(cost) against
+log(images): 1 is linear, 0 flat. Numbers belong in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ def project(folder: Path, scale: int) -> int:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     synthetic = params["download"]["synthetic"]
     synthetic["images_per_class"] *= scale
+    synthetic["shifted_images_per_class"] *= scale  # the shift split grows with the rest
     params["train_clip"] = {**(params.get("train_clip") or {}), "epochs": 1}
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (folder / "models").mkdir()
     (folder / "models" / "pretrained").symlink_to(ROOT / "models" / "pretrained")
-    return synthetic["images_per_class"] * 15
+    return (synthetic["images_per_class"] + synthetic["shifted_images_per_class"]) * 15
 
 
 def exponent(images: list[int], costs: list[float]) -> float:

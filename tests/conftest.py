@@ -39,13 +39,15 @@ def har_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def small_cache(tmp_path_factory) -> Path:
-    """A preprocessed cache of 240 synthetic HAR images (192 train, 48 val) at 64 px."""
+    """A preprocessed cache of 240 synthetic HAR images (train, val, test) and 60 shifted ones
+    at 64 px."""
     from harclip.download.sources import write_synthetic
     from harclip.preprocess.stage import preprocess
     from tests.support.params import shipped
 
     params = shipped()
     root = tmp_path_factory.mktemp("small")
-    write_synthetic(replace(params.download.synthetic, images_per_class=16), root / "raw")
+    write_synthetic(replace(params.download.synthetic, images_per_class=16,
+                            shifted_images_per_class=4), root / "raw")
     preprocess(replace(params.preprocess, workers=1), root / "raw", root / "cache")
     return root / "cache"

@@ -198,7 +198,8 @@ def test_a_signal_to_dvc_repro_stops_the_stage_it_runs_with_one_line(tmp_path, w
     SLURM, Kubernetes), Ctrl-C in a terminal; and the group stopped while DataLoader workers
     stream the cache (they are in the group too)."""
     params = tiny_params()
-    params["download"]["synthetic"].update(images_per_class=16, image_size=64)
+    params["download"]["synthetic"].update(images_per_class=16, shifted_images_per_class=0,
+                                           image_size=64)
     params["preprocess"]["image_size"] = 64
     params["train_clip"].update(epochs=50, batch_size=16, device="cpu",
                                 cache_in_memory=not streamed)

@@ -41,7 +41,7 @@ def test_a_set_of_four_or_five_images_a_class_is_one_line_with_the_two_ways_out(
     params = _params(tmp_path, download__source="synthetic",
                      preprocess__workers=1)
     params_data = yaml.safe_load((tmp_path / params).read_text())
-    params_data["download"]["synthetic"]["images_per_class"] = 5
+    params_data["download"]["synthetic"].update(images_per_class=5, shifted_images_per_class=0)
     (tmp_path / params).write_text(yaml.safe_dump(params_data, sort_keys=False))
     downloaded = run_module("download", "--params", params, cwd=tmp_path)
     assert downloaded.returncode == 0, downloaded.stderr

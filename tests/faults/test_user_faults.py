@@ -165,7 +165,8 @@ def test_a_checkpoint_that_holds_code_is_refused_in_one_line(tmp_path):
 @pytest.mark.parametrize("module", ["download", "preprocess"])
 def test_a_second_direct_run_of_a_stage_is_refused_naming_the_holder(tmp_path, module):
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["download"]["synthetic"].update(images_per_class=2, image_size=32)
+    params["download"]["synthetic"].update(images_per_class=2, shifted_images_per_class=0,
+                                           image_size=32)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     output = tmp_path / "data" / ("raw" if module == "download" else "cache")
     with files.output_lock(output, "the first run"):  # a live run holds the output

@@ -27,7 +27,8 @@ SAME_TRAJECTORY = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
 
 def test_dvc_repro_resumes_an_interrupted_stage_and_retrains_a_changed_one(tmp_path):
     params = tiny_params()
-    params["download"]["synthetic"].update(images_per_class=16, image_size=64)
+    params["download"]["synthetic"].update(images_per_class=16, shifted_images_per_class=0,
+                                           image_size=64)
     params["preprocess"]["image_size"] = 64
     params["train_clip"].update(epochs=EPOCHS, batch_size=16, device="cpu")
     project = DvcProject(tmp_path, params)

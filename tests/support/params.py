@@ -37,7 +37,8 @@ def repo_params() -> dict:
 def tiny_params() -> dict:
     """The repo's default params, shrunk so a whole pipeline runs in seconds."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["download"]["synthetic"].update(images_per_class=6, image_size=32)
+    params["download"]["synthetic"].update(images_per_class=6, shifted_images_per_class=2,
+                                           image_size=32)
     params["preprocess"].update(image_size=24, workers=1)
     return params
 

@@ -57,6 +57,9 @@ class SyntheticConfig:
     """The embedded, procedurally drawn HAR-shaped dataset (offline)."""
 
     images_per_class: Annotated[StrictInt, Field(ge=2, le=100_000)]
+    shifted_images_per_class: Annotated[StrictInt, Field(ge=0, le=100_000)]
+    """The shifted test split: the same actions in a palette the others never use (the
+    miniature's distribution shift); 0: none."""
     image_size: Annotated[StrictInt, Field(ge=32, le=1024)]
     seed: StrictInt
 

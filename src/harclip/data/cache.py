@@ -18,12 +18,14 @@ from typing import BinaryIO
 import numpy as np
 
 from harclip.data.decode import Rejected
-from harclip.data.layout import CLASSES_JSON
+from harclip.data.layout import CLASSES_JSON, SHIFT_SPLIT
 from harclip.runtime.errors import StageError
 from harclip.runtime.files import atomic_directory
 
 CACHE_DIR = Path("data/cache")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", SHIFT_SPLIT)
+"""Test, held out like it, in the training images' distribution; shift, from another one (empty
+for most data sets)."""
 FREE_SPACE_MARGIN = 16 * 2**20
 """Space left free beyond the cache itself, for the rest of the system (logs, DVC's state)."""
 

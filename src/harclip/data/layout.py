@@ -1,8 +1,9 @@
 """The on-disk layout every source is written in (Kaggle's HAR layout), and HAR's 15 actions,
 the default class list.
 
-data/raw holds `Training_set.csv` (`filename,label`, and optionally `split` where a dataset
-ships its own train/val/test split), the images under `train/`, and `classes.json`: the class
+data/raw holds `Training_set.csv` (`filename,label`, and optionally `split`: train, val, test
+where a dataset ships its own split, shift for a held-out test set from another distribution,
+empty for a row preprocess splits), the images under `train/`, and `classes.json`: the class
 names in their order, as the source gave them.
 """
 
@@ -51,6 +52,9 @@ LEFT_OUT_KEY = "outside_dataset"
 `train/`, a folder with a trailing /): never followed, reported by preprocess."""
 CSV_COLUMNS = ("filename", "label")
 SPLIT_COLUMN = "split"
+SHIFT_SPLIT = "shift"
+"""The split value of a held-out test set drawn from another distribution than the training
+images (the synthetic stand-in's other palette; any dataset's own out-of-distribution set)."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ preprocess stage's job, which reports bad files instead of dropping them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from harclip.data.layout import (
     HAR_REPO,
     IMAGE_DIR,
     LABELS_CSV,
+    SHIFT_SPLIT,
     natural_class_order,
     write_labels_csv,
 )
@@ -39,17 +41,23 @@ OFFLINE_HINT = ("Without network access, set download.source: synthetic (the emb
 
 def write_synthetic(config: SyntheticConfig, dest: Path) -> tuple[int, list[str]]:
     """Draw the synthetic set into `dest` in the Kaggle layout; return the image count and the
-    class names."""
+    class names. The shifted images, where asked for, are the CSV's `shift` rows (the others'
+    split is left to preprocess)."""
     (dest / IMAGE_DIR).mkdir(parents=True)
-    total = config.images_per_class * len(CLASS_NAMES)
+    shifted = config.shifted_images_per_class
+    total = (config.images_per_class + shifted) * len(CLASS_NAMES)
+    drawn = itertools.chain(
+        ((label, image, "") for label, image in scenes.generate(
+            config.images_per_class, config.image_size, config.seed)),
+        ((label, image, SHIFT_SPLIT) for label, image in scenes.generate_shifted(
+            shifted, config.image_size, config.seed)))
     rows = []
-    images = scenes.generate(config.images_per_class, config.image_size, config.seed)
-    for index, (label, image) in enumerate(progress(images, total=total,
-                                                    desc="drawing", unit="img")):
+    for index, (label, image, split) in enumerate(progress(drawn, total=total,
+                                                           desc="drawing", unit="img")):
         name = f"Image_{index + 1}.jpg"
         image.save(dest / IMAGE_DIR / name, quality=92)
-        rows.append((name, label))
-    write_labels_csv(dest / LABELS_CSV, rows)
+        rows.append((name, label, split) if shifted else (name, label))
+    write_labels_csv(dest / LABELS_CSV, rows, with_split=bool(shifted))
     return total, list(CLASS_NAMES)
 
 

@@ -109,7 +109,6 @@ def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], 
     class_ids = {name: index for index, name in enumerate(classes)}
     left_out = read_left_out(raw_dir)
     folder = _ImageFolder(raw_dir / IMAGE_DIR, left_out)
-    given_splits = any(row.split for row in rows)
     rejected: list[Rejected] = []
     by_file: dict[str, list] = defaultdict(list)
     for row in rows:
@@ -138,10 +137,11 @@ def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], 
                                      f"unknown label {first.label!r} at line {first.line}; "
                                      f"expected one of the {len(classes)} classes in "
                                      f"{CLASSES_JSON}"))
-        elif given_splits and first.split not in SPLITS:
+        elif first.split and first.split not in SPLITS:
             rejected.append(Rejected(name, "unknown_split",
                                      f"split {first.split!r} at line {first.line}; expected "
-                                     f"one of {', '.join(SPLITS)}"))
+                                     f"one of {', '.join(SPLITS)}, or empty (split by "
+                                     f"preprocess)"))
         else:
             candidates.append(Candidate(name, class_ids[first.label], first.split))
     listed = set(by_file) | {row.filename for row in rows}

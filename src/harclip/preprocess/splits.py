@@ -1,5 +1,6 @@
 """The train / val / test split: seeded and stratified per class with byte-identical images
-on one side, or the one the dataset's CSV gives."""
+on one side, or the one the dataset's CSV gives (row by row: a row with an empty split is
+split seeded, so a CSV may give only its shifted test set)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from harclip.config.schema import PreprocessConfig
 from harclip.data.cache import SPLITS
+from harclip.data.layout import SHIFT_SPLIT
 from harclip.preprocess.inputs import Candidate
 from harclip.runtime.log import log
 
@@ -45,14 +47,24 @@ def assign_splits(labels: Sequence[int], hashes: Sequence[str], val_fraction: fl
     return split
 
 
+def split_source(candidates: list[Candidate]) -> str:
+    """summary.json's word for where the train/val/test split came from."""
+    given = {bool(c.split) for c in candidates if c.split != SHIFT_SPLIT}
+    return {frozenset({True}): "given", frozenset({True, False}): "given and seeded"
+            }.get(frozenset(given), "seeded")
+
+
 def choose_splits(config: PreprocessConfig, candidates: list[Candidate],
                   hashes: list[str]) -> np.ndarray:
-    """The CSV's own splits where it gives them, else a seeded stratified split; `hashes` are
-    the files' sha256, so both are known before anything is decoded."""
-    if not candidates[0].split:
-        return assign_splits([c.label for c in candidates], hashes, config.val_fraction,
-                             config.test_fraction, config.seed)
-    split_of = np.asarray([SPLITS.index(c.split) for c in candidates])
+    """The CSV's own split for each row that gives one, a seeded stratified split for the
+    rest; `hashes` are the files' sha256, so both are known before anything is decoded."""
+    split_of = np.asarray([SPLITS.index(c.split) if c.split else -1 for c in candidates],
+                          dtype=np.int64)
+    seeded = np.flatnonzero(split_of < 0)
+    if len(seeded):
+        split_of[seeded] = assign_splits([candidates[i].label for i in seeded],
+                                         [hashes[i] for i in seeded], config.val_fraction,
+                                         config.test_fraction, config.seed)
     sides: dict[str, set] = defaultdict(set)
     for digest, side in zip(hashes, split_of, strict=True):
         sides[digest].add(int(side))

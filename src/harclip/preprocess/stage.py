@@ -34,9 +34,9 @@ from harclip.data.cache import (
     check_free_space,
 )
 from harclip.data.decode import Rejected, decode_file, hash_file, summarise, worker_setup
-from harclip.data.layout import IMAGE_DIR, RAW_DIR
+from harclip.data.layout import IMAGE_DIR, RAW_DIR, SHIFT_SPLIT
 from harclip.preprocess.inputs import collect_candidates, drop_rare_classes
-from harclip.preprocess.splits import choose_splits
+from harclip.preprocess.splits import choose_splits, split_source
 from harclip.runtime.errors import StageError
 from harclip.runtime.files import atomic_directory, output_lock
 from harclip.runtime.log import log, progress
@@ -99,8 +99,9 @@ def _preprocess(config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
             _need_two_classes(sorted(classes[label] for label in labels), raw_dir)
             _need_train_and_val(np.repeat(np.arange(len(SPLITS)), writer.counts()), kept)
             summary = writer.close(classes, rejected, fit=config.fit,
-                                   split_source="given" if candidates[0].split else "seeded")
-    counts = " + ".join(f"{summary[f'{s}_images']} {s}" for s in SPLITS)
+                                   split_source=split_source(candidates))
+    counts = " + ".join(f"{summary[f'{s}_images']} {s}" for s in SPLITS
+                        if s != SHIFT_SPLIT or summary[f"{s}_images"])
     log.info("preprocess: %s images of %d classes at %d px into %s (%d bad, listed in "
              "%s)", counts, len(classes), config.image_size, out_dir, len(rejected),
              out_dir / "bad_files.csv")

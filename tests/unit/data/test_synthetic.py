@@ -1,16 +1,29 @@
-"""The HAR stand-in: deterministic for a seed, and its mean colour says nothing of the
-class."""
+"""The HAR stand-in: deterministic for a seed, its mean colour says nothing of the class, and
+its shifted split is another palette, of other scenes."""
 
 from __future__ import annotations
 
+import copy
+import csv
+
 import numpy as np
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from harclip.data.cache import load_split
 from harclip.data.layout import CLASS_NAMES
-from harclip.data.synthetic.scenes import generate
+from harclip.data.synthetic.scenes import (
+    SHIFTED_HUES,
+    STAND_IN_HUES,
+    draw,
+    generate,
+    generate_shifted,
+    render,
+)
+from harclip.pretrain.world import sample_scene, world_rng
 
 
 def _arrays(images):
@@ -40,3 +53,59 @@ def test_mean_colour_says_nothing_about_the_class():
     class_colour = np.random.default_rng(0).uniform(0, 1, (len(CLASS_NAMES), 3))
     leaky = 0.5 * mean_rgb + 0.5 * class_colour[labels]
     assert _mean_rgb_probe(leaky, labels) > 0.3
+
+
+# --- the shifted split: the same actions in the other half of the colour wheel ------------
+
+def _cool_share(image) -> float:
+    """The share of an image's colourful pixels (HSV saturation over 0.25) whose hue lies in
+    the shifted palette's half of the wheel."""
+    hsv = np.asarray(image.convert("HSV"), dtype=float) / 255
+    hues = hsv[..., 0][hsv[..., 1] > 0.25]
+    return float(((hues >= SHIFTED_HUES[0]) & (hues < SHIFTED_HUES[1])).mean())
+
+
+def test_the_shifted_split_is_drawn_in_a_palette_the_stand_in_never_uses():
+    stand_in = [_cool_share(image) for _, image in generate(10, 48, seed=0)]
+    shifted = [_cool_share(image) for _, image in generate_shifted(10, 48, seed=0)]
+    assert np.mean(stand_in) < 0.03 and np.mean(shifted) > 0.95
+    assert max(stand_in) < min(shifted)  # every image, not only on average
+    # the pretraining world draws from the whole wheel: it holds both palettes
+    rng = world_rng(0)
+    world = [_cool_share(draw(sample_scene(rng), 48, rng)) for _ in range(60)]
+    assert 0.3 < np.mean(world) < 0.7 and min(world) < 0.1 and max(world) > 0.9
+
+
+def _edges(image: np.ndarray) -> np.ndarray:
+    """A palette-blind fingerprint (HWC uint8 in): the HLS lightness' gradient, 32×32,
+    normalised (a dot product of two is their correlation)."""
+    lightness = (image.max(axis=-1).astype(float) + image.min(axis=-1)) / 2
+    gradient = np.abs(np.diff(lightness, axis=1))[:-1] + np.abs(np.diff(lightness, axis=0))[:, :-1]
+    small = np.asarray(Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8))
+                       .resize((32, 32), Image.Resampling.BOX), dtype=float).ravel()
+    return (small - small.mean()) / (small.std() * np.sqrt(small.size))
+
+
+NEAR_DUPLICATE = 0.95
+"""Edge correlation above which two images are one scene (the same drawing in the other palette
+scores over 0.99; two scenes of the demo's at most about 0.8)."""
+
+
+def test_no_shifted_image_is_in_train_byte_for_byte_or_nearly(small_cache):
+    rows = list(csv.DictReader((small_cache / "manifest.csv").read_text().splitlines()))
+    digests = {side: {r["sha256"] for r in rows if r["split"] == side}
+               for side in ("train", "shift")}
+    assert len(digests["shift"]) == 60 and not digests["shift"] & digests["train"]
+    train, shifted = (np.stack([_edges(image.transpose(1, 2, 0)) for image in
+                                load_split(small_cache, side)[0]]) for side in ("train", "shift"))
+    assert (shifted @ train.T).max() < NEAR_DUPLICATE
+
+    # The check is not blind: the same scene redrawn in the shifted palette (palettes draw the
+    # same random numbers, so one generator state gives one drawing) is caught.
+    for index, label in enumerate(CLASS_NAMES):
+        rng = np.random.default_rng(index)
+        same_state = copy.deepcopy(rng)
+        warm, cool = (np.asarray(render(label, 64, generator, hues)) for generator, hues in
+                      ((rng, STAND_IN_HUES), (same_state, SHIFTED_HUES)))
+        assert not np.array_equal(warm, cool)
+        assert _edges(warm) @ _edges(cool) > NEAR_DUPLICATE

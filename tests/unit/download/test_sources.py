@@ -237,11 +237,16 @@ def test_corrupt_zip_is_named(tmp_path):
 
 
 def test_written_set_is_balanced_over_all_15_classes_in_the_kaggle_layout(tmp_path):
-    count, classes = write_synthetic(synthetic_config(images_per_class=3, image_size=40, seed=0),
-                                     tmp_path)
+    count, classes = write_synthetic(synthetic_config(images_per_class=3, image_size=40, seed=0,
+                                                      shifted_images_per_class=2), tmp_path)
     assert classes == list(CLASS_NAMES)
     rows = read_labels_csv(tmp_path / "Training_set.csv")
-    assert count == len(rows) == 45
-    assert Counter(row.label for row in rows) == {name: 3 for name in CLASS_NAMES}
+    assert count == len(rows) == 75
+    assert Counter(row.label for row in rows) == {name: 5 for name in CLASS_NAMES}
+    assert Counter(row.split for row in rows) == {"": 45, "shift": 30}  # the rest: preprocess'
+    assert Counter(row.label for row in rows if row.split) == {name: 2 for name in CLASS_NAMES}
+    write_synthetic(synthetic_config(images_per_class=3, image_size=40, seed=0,
+                                     shifted_images_per_class=0), tmp_path / "none")
+    assert (tmp_path / "none" / "Training_set.csv").read_text().startswith("filename,label\n")
     assert all((tmp_path / "train" / row.filename).read_bytes()[:2] == b"\xff\xd8"
                for row in rows)  # real JPEG files

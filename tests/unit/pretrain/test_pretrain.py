@@ -75,6 +75,7 @@ def test_the_shipped_checkpoints_load_as_downloaded_weights_and_know_the_actions
         patch.chdir(REPO_ROOT)
         seen = pretrain_stage.zero_shot(train, config, torch.device("cpu"))
     assert seen["images"] == 180 and seen["accuracy"] > 0.4  # chance: 1/15
+    assert seen["shift"]["images"] == 180 and seen["shift"]["accuracy"] > 0.4
 
 
 def test_a_shipped_fp16_checkpoint_loads_at_another_image_size():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from harclip.data.layout import CLASS_NAMES
-from harclip.data.synthetic.scenes import ACTIONS, ARMS, POSTURES, generate
+from harclip.data.synthetic.scenes import ACTIONS, ARMS, POSTURES, draw, generate
 from harclip.model.backbones import create_tokenizer
 from harclip.pretrain.world import (
     ACTION_WORDS,
@@ -82,3 +82,17 @@ def test_the_world_is_deterministic_for_a_seed():
     assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, again,
                                                                            strict=True))
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
+
+
+WORLD_FINGERPRINT = "f08d0d7932dde7f97699bcf8b27de346a655df06e908f6489db51c012d457227"
+"""sha256 of the first 40 world images (seed 0, 96 px) the shipped starts were pretrained on."""
+
+
+def test_the_world_is_still_the_one_the_shipped_starts_learned_from():
+    """A change to the pen (a palette, a new nuisance, one more random number drawn) changes
+    the world: then the starts must be pretrained again (`make pretrained`) and this
+    fingerprint updated with them, or the demo fine-tunes models of another world."""
+    rng, digest = world_rng(0), hashlib.sha256()
+    for _ in range(40):
+        digest.update(np.asarray(draw(sample_scene(rng), 96, rng)).tobytes())
+    assert digest.hexdigest() == WORLD_FINGERPRINT

@@ -21,12 +21,18 @@ FIGURE_LIGHTNESS = (0.12, 0.45)
 SKIN_LIGHTNESS = (0.3, 0.6)
 JITTER = 0.06
 """Standard deviation of every drawn joint's position, body units."""
+ALL_HUES = (0.0, 1.0)
+"""A palette: the hues (turns of the colour wheel, 0 red, 1/3 green, 2/3 blue) every colour
+of a scene is drawn from; a range may cross 0 (-0.2 to 0.3: magenta, red, orange, yellow)."""
 
 
 def random_colour(rng: np.random.Generator, lightness: tuple[float, float],
+                  hues: tuple[float, float] = ALL_HUES,
                   saturation: tuple[float, float] = (0.2, 1.0)) -> tuple[int, int, int]:
-    """A colour of random hue and saturation within a lightness range."""
-    rgb = colorsys.hls_to_rgb(rng.uniform(0, 1), rng.uniform(*lightness), rng.uniform(*saturation))
+    """A colour of random hue (within `hues`) and saturation, within a lightness range. Any
+    palette draws the same three numbers, so a palette changes colours and nothing else."""
+    rgb = colorsys.hls_to_rgb(rng.uniform(*hues) % 1.0, rng.uniform(*lightness),
+                              rng.uniform(*saturation))
     return tuple(round(255 * c) for c in rgb)
 
 
@@ -34,9 +40,11 @@ class Painter:
     """Maps body units to pixels (scale, offset, mirror, rotation) and draws."""
 
     def __init__(self, image: Image.Image, rng: np.random.Generator, unit: float,
-                 origin: Point, mirror: bool, rotation: float, line: int) -> None:
+                 origin: Point, mirror: bool, rotation: float, line: int,
+                 hues: tuple[float, float] = ALL_HUES) -> None:
         self.draw = ImageDraw.Draw(image)
         self.rng = rng
+        self.hues = hues
         self.unit = unit
         self.origin = origin
         self.mirror = -1.0 if mirror else 1.0
@@ -51,7 +59,7 @@ class Painter:
 
     def colour(self) -> tuple[int, int, int]:
         """A colour for clothes and props."""
-        return random_colour(self.rng, FIGURE_LIGHTNESS)
+        return random_colour(self.rng, FIGURE_LIGHTNESS, self.hues)
 
     def segment(self, a: Point, b: Point, fill, width: float = 1.0,
                 outlined: bool = False) -> None:
@@ -92,7 +100,7 @@ def person(p: Painter, joints: dict[str, Point], mouth: str, eyes: str, facing: 
     j = {name: (x + p.rng.normal(0, JITTER), y + p.rng.normal(0, JITTER))
          for name, (x, y) in joints.items()}
     shirt, trousers = p.colour(), p.colour()
-    skin = random_colour(p.rng, SKIN_LIGHTNESS)
+    skin = random_colour(p.rng, SKIN_LIGHTNESS, p.hues)
     for side in "lr":
         p.segment(j["hip"], j[f"{side}_knee"], trousers, 1.5, outlined=True)
         p.segment(j[f"{side}_knee"], j[f"{side}_foot"], trousers, 1.3, outlined=True)
@@ -203,11 +211,12 @@ def blanket(p: Painter) -> None:
     p.box((-0.42, 0.1), (0.42, 1.4), p.colour(), INK)
 
 
-def clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+def clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int,
+            hues: tuple[float, float] = ALL_HUES) -> None:
     for _ in range(rng.integers(1, 6)):
         x0, y0 = rng.uniform(-0.2, 1.0, 2) * size
         w, h = rng.uniform(0.05, 0.45, 2) * size
-        colour = random_colour(rng, SCENERY_LIGHTNESS)
+        colour = random_colour(rng, SCENERY_LIGHTNESS, hues)
         kind = rng.integers(3)
         if kind == 0:
             draw.rectangle([x0, y0, x0 + w, y0 + h], fill=colour)

@@ -7,6 +7,12 @@ bicycle is `cycling`, two people with arms around each other are `hugging`. Ever
 (background, clutter, clothes, skin, props) is drawn independently of the scene, so the
 image's mean colour says nothing about the label; pose jitter, scale, position, mirroring,
 clutter and occluders make the task learnable but not trivial.
+
+The stand-in draws every colour from the warm half of the colour wheel (STAND_IN_HUES); its
+shifted test split (`generate_shifted`) draws the same actions from the cool half
+(SHIFTED_HUES): a style its training images never use and the pretraining world, which draws
+from the whole wheel, holds. It is the miniature's ImageNet → ImageNet-R: the pretrained
+start has seen both palettes, the fine-tuning data one.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from PIL import Image, ImageDraw
 
 from harclip.data.layout import CLASS_NAMES
 from harclip.data.synthetic import drawing
-from harclip.data.synthetic.drawing import SCENERY_LIGHTNESS, Point, random_colour
+from harclip.data.synthetic.drawing import ALL_HUES, SCENERY_LIGHTNESS, Point, random_colour
+
+STAND_IN_HUES = (-0.2, 0.3)
+"""The stand-in's palette: magentas, reds, oranges, yellows, yellow-greens."""
+SHIFTED_HUES = (0.3, 0.8)
+"""The shifted split's: greens, cyans, blues, violets (the rest of the wheel)."""
+SHIFTED_STREAM = 0x5817F7
+"""Mixed into the shifted split's seed: its scenes never repeat the stand-in's draws."""
 
 # Standing pose in body units (torso length = 1), origin at the hip, y pointing down.
 STANDING: dict[str, Point] = {
@@ -184,18 +197,20 @@ def _objects(p: drawing.Painter, scene: Scene, rng: np.random.Generator,
             drawing.table(p, 0.8, 1.9, -0.05)
 
 
-def draw(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
-    """Draw `scene`, size×size RGB, with every nuisance drawn from `rng`."""
+def draw(scene: Scene, size: int, rng: np.random.Generator,
+         hues: tuple[float, float] = ALL_HUES) -> Image.Image:
+    """Draw `scene`, size×size RGB, with every nuisance drawn from `rng` and every colour from
+    the palette `hues`."""
     supersample = 2
     canvas = size * supersample
-    image = Image.new("RGB", (canvas, canvas), random_colour(rng, SCENERY_LIGHTNESS))
-    drawing.clutter(ImageDraw.Draw(image), rng, canvas)
+    image = Image.new("RGB", (canvas, canvas), random_colour(rng, SCENERY_LIGHTNESS, hues))
+    drawing.clutter(ImageDraw.Draw(image), rng, canvas, hues)
     unit = canvas * rng.uniform(0.2, 0.26)
     origin = (canvas * rng.uniform(0.4, 0.6), canvas * rng.uniform(0.5, 0.56))
     lying = scene.people[0].posture == "lying"
     painter = drawing.Painter(image, rng, unit, origin, mirror=bool(rng.random() < 0.5),
                               rotation=(90.0 if lying else 0.0) + rng.normal(0, 6),
-                              line=max(2, round(unit * rng.uniform(0.13, 0.2))))
+                              line=max(2, round(unit * rng.uniform(0.13, 0.2))), hues=hues)
     _objects(painter, scene, rng, in_front=False)
     two = len(scene.people) == 2
     for index, person in enumerate(scene.people):
@@ -209,20 +224,33 @@ def draw(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
         x0, y0 = rng.uniform(0, 0.8, 2) * canvas
         w, h = rng.uniform(0.08, 0.22, 2) * canvas
         ImageDraw.Draw(image).rectangle([x0, y0, x0 + w, y0 + h],
-                                        fill=random_colour(rng, SCENERY_LIGHTNESS))
+                                        fill=random_colour(rng, SCENERY_LIGHTNESS, hues))
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def render(label: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """Draw one image of the HAR action `label`."""
+def render(label: str, size: int, rng: np.random.Generator,
+           hues: tuple[float, float] = STAND_IN_HUES) -> Image.Image:
+    """Draw one image of the HAR action `label` (in the stand-in's palette unless told)."""
     if label not in ACTIONS:
         raise ValueError(f"unknown HAR class {label!r}; expected one of {', '.join(CLASS_NAMES)}")
-    return draw(ACTIONS[label], size, rng)
+    return draw(ACTIONS[label], size, rng, hues)
+
+
+def _balanced(images_per_class: int, size: int, rng: np.random.Generator,
+              hues: tuple[float, float]) -> Iterator[tuple[str, Image.Image]]:
+    for _ in range(images_per_class):
+        for label in CLASS_NAMES:
+            yield label, render(label, size, rng, hues)
 
 
 def generate(images_per_class: int, size: int, seed: int) -> Iterator[tuple[str, Image.Image]]:
-    """A balanced synthetic HAR set, deterministic for a seed, classes interleaved, lazily."""
-    rng = np.random.default_rng(seed)
-    for _ in range(images_per_class):
-        for label in CLASS_NAMES:
-            yield label, render(label, size, rng)
+    """A balanced synthetic HAR set in the stand-in's palette, deterministic for a seed,
+    classes interleaved, lazily."""
+    return _balanced(images_per_class, size, np.random.default_rng(seed), STAND_IN_HUES)
+
+
+def generate_shifted(images_per_class: int, size: int, seed: int
+                     ) -> Iterator[tuple[str, Image.Image]]:
+    """The same actions in the shifted palette (SHIFTED_HUES), from a stream of their own."""
+    return _balanced(images_per_class, size, np.random.default_rng([SHIFTED_STREAM, seed]),
+                     SHIFTED_HUES)
