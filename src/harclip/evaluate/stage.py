@@ -11,8 +11,9 @@ and calibration error after the checkpoint's temperature; on val without a test 
 metrics/<name>/report.json (every score per split, per-class accuracy, class names, image
 counts, calibration before and after the temperature with the reliability diagram's bins,
 inference cost on this device, the untouched pretrained backbone's zero-shot accuracy and
-calibration, the epoch-0 baseline, and the held-out split's accuracy under each common
-corruption and severity, whose mean eval.json gives as corrupt_acc) and
+calibration, the epoch-0 baseline, the held-out split's accuracy under each common
+corruption and severity, whose mean eval.json gives as corrupt_acc, and where the cache has a
+shift split, its accuracy, the zero-shot start's and each WiSE-FT mixture's) and
 metrics/<name>/predictions.csv (actual and predicted class per test image, or per val image
 without a test split: DVC's confusion plots read it).
 """
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 
 from harclip.config.schema import EvaluateConfig, TrainConfig
 from harclip.data.cache import CACHE_DIR, load_split
+from harclip.data.layout import SHIFT_SPLIT
 from harclip.evaluate.baselines import wise_ft, zero_shot_scores
 from harclip.evaluate.corruptions import corruption_scores
 from harclip.evaluate.inference import inference_cost, timed_logits, warm_up
@@ -56,7 +58,7 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
     model.to(device)
     class_names = meta["class_names"]
     splits = {split: CachedSplit(*load_split(cache_dir, split), device)
-              for split in ("val", "test")}
+              for split in ("val", "test", SHIFT_SPLIT)}
     splits = {split: data for split, data in splits.items() if len(data)}
     scores, report = {}, {"model": meta["model"], "checkpoint_epoch": meta["epoch"],
                           "classes": class_names, "images": {}, "per_class_accuracy": {},
@@ -79,16 +81,21 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
             classification_metrics(labels, logits, class_names)
         report["images"][split] = len(labels)
         report["classes_scored"][split] = len(set(labels.tolist()))
-        shown = (split, labels, logits.argmax(axis=1))  # the last: test when there is one
+    held_out = "test" if "test" in splits else "val"
+    shown = (held_out, splits[held_out].labels.cpu().numpy(),
+             logits_by_split[held_out].argmax(axis=1))
     train_config = trained_with(meta, checkpoint)
-    report.update(pretrained=train_config.pretrained, scores=scores, predictions_split=shown[0])
+    report.update(pretrained=train_config.pretrained, scores=scores, predictions_split=held_out)
     started = time.perf_counter()
     report["calibration"] = calibration(logits_by_split, splits, meta, name)
     calibration_s = time.perf_counter() - started
     if config.zero_shot and train_config.pretrained:
         report["zero_shot_accuracy"], report["zero_shot_calibration"] = zero_shot_scores(
             train_config, class_names, splits, config.batch_size)
-    held_out = report["calibration"]["split"]
+    if SHIFT_SPLIT in scores:
+        report["shift"] = {"accuracy": scores[SHIFT_SPLIT]["accuracy"],
+                           "zero_shot_accuracy": report.get("zero_shot_accuracy", {})
+                           .get(SHIFT_SPLIT)}
     started = time.perf_counter()
     report["inference"] = inference_cost(model, splits[held_out], seconds[held_out], view,
                                          config.batch_size, dtype,
@@ -97,6 +104,8 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
     log.info("evaluate %s: calibration %.2f s, inference timing %.2f s (the latency; the "
              "throughput is the %s pass's own)", name, calibration_s, timing_s, held_out)
     metrics = headline_metrics(scores) | {f"{held_out}_ece": report["calibration"]["ece_after"]}
+    if SHIFT_SPLIT in scores:
+        metrics["shift_acc"] = scores[SHIFT_SPLIT]["accuracy"]
     if config.corruptions.names and config.corruptions.severities:
         started = time.perf_counter()
         report["corruptions"] = corruption_scores(
@@ -114,11 +123,16 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
         log.info("evaluate %s: no WiSE-FT: it mixes the fine-tuned weights with the "
                  "pretrained start's, and this run started from scratch", name)
     elif config.wise_alphas:
-        report["wise_ft"] = wise_ft(model, train_config, class_names, splits,
-                                    config.wise_alphas, config.batch_size, meta)
-        alpha = max(report["wise_ft"], key=lambda a: report["wise_ft"][a]["val"])
+        curve = report["wise_ft"] = wise_ft(model, train_config, class_names, splits,
+                                            config.wise_alphas, config.batch_size, meta)
+        alpha = max(curve, key=lambda a: curve[a]["val"])
         metrics |= {"wise_alpha": float(alpha),
-                    f"wise_{held_out}_acc": report["wise_ft"][alpha][held_out]}
+                    f"wise_{held_out}_acc": curve[alpha][held_out]}
+        if SHIFT_SPLIT in splits:  # the α that would have been best on the shift: reported,
+            # never chosen by (choosing on the shift would make it one more val split)
+            metrics["wise_shift_acc"] = curve[alpha][SHIFT_SPLIT]
+            report["shift"]["wise_alpha_best_on_shift"] = float(
+                max(curve, key=lambda a: curve[a][SHIFT_SPLIT]))
     out = metrics_dir / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({name: metrics}, indent=2) + "\n")

@@ -8,7 +8,8 @@ import json
 from harclip.config.schema import LABELS, METHODS
 from harclip.experiments.report import params_of, value
 
-SHOWN = {"test_acc": "test %", "val_acc": "val %", "corrupt_acc": "corrupted %",
+SHOWN = {"test_acc": "test %", "val_acc": "val %", "shift_acc": "shifted %",
+         "corrupt_acc": "corrupted %",
          "test_ece": "test ECE", "epoch_s": "s/epoch", "peak_mb": "MB", "inference": "inference"}
 """Each model's headline columns in `show`, as they are headed."""
 
@@ -39,7 +40,8 @@ def with_inference(rows: list[dict], read=None) -> list[dict]:
 
 def show_table(rows: list[dict]) -> str:
     """A markdown table of the runs: each one's name, the params that differ between them,
-    and every model's test and val accuracy, mean accuracy under the common corruptions, test
+    and every model's test, val and shifted-test accuracy, mean accuracy under the common
+    corruptions, test
     calibration error, time per epoch, peak memory and inference throughput; the columns
     `dvc exp show` elides in a narrow terminal, and only them."""
     params = [params_of(row) for row in rows]

@@ -4,7 +4,9 @@ Per model: accuracy and loss (cross-entropy, train and val) against epoch, a nor
 confusion matrix on the test split with its most frequent confusions listed beside it, and the
 study's per-epoch table. Across models: validation accuracy against epoch on one figure, time
 per epoch and peak memory side by side, accuracy under common corruptions against their
-severity, and the study's summary table with val and test accuracy (plots/summary.md).
+severity, WiSE-FT's curve against α and, with a shift split, its frontier (in-distribution
+against shifted test accuracy), and the study's summary table with val and test accuracy
+(plots/summary.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from harclip.config.schema import METHODS, PlotConfig
 from harclip.data import records
+from harclip.data.layout import SHIFT_SPLIT
 from harclip.plot import figures
 from harclip.plot.tables import confusions_table, epochs_table, measured_on, summary_table
 from harclip.runtime.errors import StageError
@@ -70,6 +73,10 @@ def plot(config: PlotConfig, logs_dir: Path = Path("logs"),
         figures.plot_corruptions(reports, out_dir / "corruptions.png", config.dpi)
     if any("wise_ft" in report for report in reports.values()):
         figures.plot_wise_ft(reports, out_dir / "wise_ft.png", config.dpi)
+    if any(SHIFT_SPLIT in report.get("scores", {}) and "wise_ft" in report
+           for report in reports.values()):
+        figures.plot_wise_ft_frontier(reports, SHIFT_SPLIT, out_dir / "wise_ft_frontier.png",
+                                      config.dpi)
     (out_dir / "epochs.md").write_text("\n".join(epochs_table(n, epochs[n]) for n in METHODS))
     (out_dir / "confusions.md").write_text("\n".join(confusions))
     (out_dir / "summary.md").write_text(summary_table(train, reports) + "\n"

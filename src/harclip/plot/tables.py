@@ -61,6 +61,14 @@ def _corrupted(report: dict) -> str:
         f"{np.mean([a for by_severity in curves.values() for a in by_severity.values()]):.1%}"
 
 
+def _shifted(report: dict) -> str:
+    shift = report.get("shift")
+    if shift is None:
+        return "—"
+    zero_shot = shift.get("zero_shot_accuracy")
+    return f"{shift['accuracy']:.1%}" + ("" if zero_shot is None else f" ({zero_shot:.1%})")
+
+
 def _inference(report: dict) -> str:
     inference = report.get("inference")
     return "—" if inference is None else \
@@ -73,9 +81,9 @@ def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
     calibration error after temperature scaling and what inference costs."""
     lines = ["| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | "
              "Peak Memory | Training Throughput | Test Macro-F1 | Test Top-5 | Zero-shot (test) | "
-             "Corrupted (test) | Test ECE | Inference |",
+             "Shifted test (zero-shot) | Corrupted (test) | Test ECE | Inference |",
              "| :-- | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: | :-: "
-             "| :-: |"]
+             "| :-: | :-: |"]
     for name, metrics in train.items():
         scores = reports[name]["scores"]
         held_out = "test" if "test" in scores else "val"
@@ -90,7 +98,8 @@ def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
             f"{metrics['mean_images_per_s']:.0f} img/s | "
             f"{scores[held_out]['macro_f1']:.3f} | {_percent(scores, held_out, 'top5_accuracy')}"
             f" | {'—' if held_out not in zero_shot else f'{zero_shot[held_out]:.1%}'} | "
-            f"{_corrupted(reports[name])} | {_calibration(reports[name])} | "
+            f"{_shifted(reports[name])} | {_corrupted(reports[name])} | "
+            f"{_calibration(reports[name])} | "
             f"{_inference(reports[name])} |")
     return "\n".join(lines) + "\n"
 
@@ -107,11 +116,14 @@ def measured_on(hardware: str, reports: dict[str, dict]) -> str:
         f" Corrupted: the mean accuracy over {', '.join(corrupted['corruptions'])} at " \
         f"severities {', '.join(next(iter(corrupted['corruptions'].values())))} " \
         f"(plots/corruptions.png)."
+    shifted = "" if not any("shift" in r for r in reports.values()) else \
+        " Shifted test: accuracy on the shift split (the same actions in a style no training " \
+        "image has), the zero-shot start's in brackets (plots/wise_ft_frontier.png)."
     inference = "" if not timed else \
         f" Test ECE: the expected calibration error (15 bins) on test after temperature " \
         f"scaling. Inference: images per second at batch {batches} and one image's median " \
         f"latency, on {devices}."
-    return f"Training measured on {hardware}.{corruptions}{inference}\n"
+    return f"Training measured on {hardware}.{shifted}{corruptions}{inference}\n"
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

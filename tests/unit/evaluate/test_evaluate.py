@@ -198,12 +198,20 @@ def test_wise_ft_runs_from_the_zero_shot_model_to_the_fine_tuned_one(small_cache
     report = json.loads((tmp_path / "metrics" / "clip" / "report.json").read_text())
     curve = report["wise_ft"]
     assert list(curve) == ["0", "0.5", "1"]
+    splits = ("val", "test", "shift")  # small_cache has a shift split: both test splits
+    assert set(report["zero_shot_accuracy"]) == set(splits)
     assert curve["0"] == report["zero_shot_accuracy"]  # α = 0: the zero-shot model
     assert curve["1"] == {split: report["scores"][split]["accuracy"]  # α = 1: fine-tuned
-                          for split in ("val", "test")}
+                          for split in splits}
     chosen = max(curve, key=lambda a: curve[a]["val"])
     assert metrics["wise_alpha"] == float(chosen)
     assert metrics["wise_test_acc"] == curve[chosen]["test"]
+    assert metrics["wise_shift_acc"] == curve[chosen]["shift"]  # chosen on val, scored on both
+    assert report["shift"] == {
+        "accuracy": metrics["shift_acc"], "zero_shot_accuracy": curve["0"]["shift"],
+        "wise_alpha_best_on_shift": float(max(curve, key=lambda a: curve[a]["shift"]))}
+    assert metrics["shift_acc"] == report["scores"]["shift"]["accuracy"]
+    assert report["images"]["shift"] == 60 and report["predictions_split"] == "test"
 
 
 def test_wise_ft_is_skipped_for_a_run_from_scratch(small_cache, tmp_path, caplog):

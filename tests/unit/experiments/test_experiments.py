@@ -112,7 +112,8 @@ def test_stages_run_the_projects_own_code_not_the_installed_copy(tmp_path):
 
 
 def test_show_lists_the_params_that_differ_and_every_models_headline():
-    baseline = _run({"clip.test_acc": 0.5, "clip.val_acc": 0.55, "clip.corrupt_acc": 0.4213,
+    baseline = _run({"clip.test_acc": 0.5, "clip.val_acc": 0.55, "clip.shift_acc": 0.475,
+                     "clip.corrupt_acc": 0.4213,
                      "clip.test_ece": 0.03124,
                      "clip.epoch_s": 12.34, "clip.peak_mb": 980.2}, {}, typ="baseline",
                     prefix="metrics/clip/eval.json:")
@@ -121,12 +122,12 @@ def test_show_lists_the_params_that_differ_and_every_models_headline():
     faster["Experiment"] = "lr-5e-4"
     table = show.show_table([baseline, faster]).splitlines()
     assert table[0].startswith("| run | train_clip.lr | CLIP test % | CLIP val % | "
-                               "CLIP corrupted % | CLIP test ECE | CLIP s/epoch | CLIP MB | "
-                               "CLIP inference | SigLIP test %")
+                               "CLIP shifted % | CLIP corrupted % | CLIP test ECE | "
+                               "CLIP s/epoch | CLIP MB | CLIP inference | SigLIP test %")
     lr = _params_row()["train.lr"]
-    assert table[2].startswith(f"| abc (commit) | {lr} | 50.0 | 55.0 | 42.1 | 0.031 | 12.3 | 980 | "
-                               f"1,234 img/s, 2.5 ms (cpu) | — |")
-    assert table[3].startswith("| lr-5e-4 | 0.0005 | 61.0 | — | — | — | 9.0 | — | — |")
+    assert table[2].startswith(f"| abc (commit) | {lr} | 50.0 | 55.0 | 47.5 | 42.1 | 0.031 | "
+                               f"12.3 | 980 | 1,234 img/s, 2.5 ms (cpu) | — |")
+    assert table[3].startswith("| lr-5e-4 | 0.0005 | 61.0 | — | — | — | — | 9.0 | — | — |")
     assert all(len(line.split("|")) == len(table[0].split("|")) for line in table)
 
 

@@ -73,10 +73,11 @@ def test_plot_writes_valid_figures_and_the_studys_tables(tmp_path):
     summary = (tmp_path / "plots" / "summary.md").read_text()
     assert "| Model | Val Acc | Test Acc | Best Epoch | Time per Epoch | First Epoch | " \
            "Peak Memory | Training Throughput |" in summary
-    assert "| Zero-shot (test) | Corrupted (test) | Test ECE | Inference |" in summary
+    assert "| Zero-shot (test) | Shifted test (zero-shot) | Corrupted (test) | Test ECE | " \
+           "Inference |" in summary
     for label in ("**CLIP**", "**SigLIP**", "**A-CLIP**"):
         assert f"| {label} | 54.0% | 51.0% | 3 | 10.5 s | 30.0 s | 0.98 GiB | 300 img/s | " \
-               f"0.490 | 88.0% | — | — | 0.031 | 1,234 img/s, 2.5 ms |" in summary
+               f"0.490 | 88.0% | — | — | — | 0.031 | 1,234 img/s, 2.5 ms |" in summary
     assert "Training measured on 2 CPU cores (test). Test ECE: the expected calibration error " \
            "(15 bins) on test after temperature scaling. Inference: images per second at batch " \
            "256 and one image's median latency, on 2 CPU cores (test)." in summary
@@ -101,10 +102,33 @@ def test_corruptions_get_a_figure_and_the_summary_their_mean(tmp_path):
     with Image.open(tmp_path / "plots" / "corruptions.png") as image:
         image.verify()
     summary = (tmp_path / "plots" / "summary.md").read_text()
-    assert "| 88.0% | — | 45.0% | 0.031 |" in summary  # CLIP: 0.51 − 0.1 × mean(1, 3, 5) / 5
-    assert "| 88.0% | — | 33.0% | 0.031 |" in summary  # A-CLIP
+    assert "| 88.0% | — | — | 45.0% | 0.031 |" in summary  # CLIP: 0.51 − 0.1 × mean(1, 3, 5) / 5
+    assert "| 88.0% | — | — | 33.0% | 0.031 |" in summary  # A-CLIP
     assert "Corrupted: the mean accuracy over jpeg, gaussian_blur at severities 1, 3, 5 " \
            "(plots/corruptions.png)." in summary
+
+
+def test_a_shift_split_gets_wise_fts_frontier_and_a_summary_column(tmp_path):
+    _fabricate_results(tmp_path)
+    for name in METHODS[:2]:  # A-CLIP's evaluation without one: its panel is left out
+        path = tmp_path / "metrics" / name / "report.json"
+        report = json.loads(path.read_text())
+        report["scores"]["shift"] = {"accuracy": 0.42, "macro_f1": 0.4}
+        report["zero_shot_accuracy"] = {"val": 0.3, "test": 0.3, "shift": 0.33}
+        report["wise_ft"] = {f"{a:g}": {"val": 0.3 + 0.2 * a, "test": 0.3 + 0.2 * a,
+                                        "shift": 0.33 + 0.3 * a * (1 - a) + 0.09 * a}
+                             for a in (0.0, 0.5, 1.0)}
+        report["shift"] = {"accuracy": 0.42, "zero_shot_accuracy": 0.33,
+                           "wise_alpha_best_on_shift": 0.5}
+        path.write_text(json.dumps(report))
+    plot(PlotConfig(dpi=60), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
+    with Image.open(tmp_path / "plots" / "wise_ft_frontier.png") as image:
+        image.verify()
+        assert image.size[0] > 2 * image.size[1] * 0.9  # two panels side by side
+    summary = (tmp_path / "plots" / "summary.md").read_text()
+    assert summary.count("| 30.0% | 42.0% (33.0%) | — | 0.031 |") == 2
+    assert "| **A-CLIP** |" in summary and "| 88.0% | — | — | — | 0.031 |" in summary
+    assert "Shifted test: accuracy on the shift split" in summary
 
 
 def test_confusion_figures_grow_with_the_number_of_classes(tmp_path):
