@@ -63,7 +63,8 @@ def workspace(root: Path, src: Path) -> Path:
     import yaml
 
     params = yaml.safe_load((src.parent / "params.yaml").read_text())
-    params["download"]["synthetic"].update(images_per_class=8, image_size=64)
+    params["download"]["synthetic"].update(images_per_class=8, shifted_images_per_class=0,
+                                           image_size=64)
     params["train_clip"].update(epochs=1, pretrained=None, head_init="random")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("download", "preprocess"):

@@ -23,9 +23,10 @@ from harclip.runtime.errors import StageError
 from harclip.runtime.files import atomic_directory
 
 CACHE_DIR = Path("data/cache")
-SPLITS = ("train", "val", "test", SHIFT_SPLIT)
-"""Test, held out like it, in the training images' distribution; shift, from another one (empty
-for most data sets)."""
+IN_DISTRIBUTION = ("train", "val", "test")
+SPLITS = (*IN_DISTRIBUTION, SHIFT_SPLIT)
+"""Test and shift are held out alike; test is of the training images' distribution, shift of
+another one (empty for most data sets). In this order each is more held out than the last."""
 FREE_SPACE_MARGIN = 16 * 2**20
 """Space left free beyond the cache itself, for the rest of the system (logs, DVC's state)."""
 

@@ -47,8 +47,8 @@ from harclip.runtime.log import log
 
 def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
              models_dir: Path = Path("models"), metrics_dir: Path = Path("metrics")) -> dict:
-    """Evaluate models/<name>.pt on val and test; write eval.json, report.json and
-    predictions.csv; return the metrics."""
+    """Evaluate models/<name>.pt on val, test and shift (those the cache has); write
+    eval.json, report.json and predictions.csv; return the metrics."""
     checkpoint = models_dir / f"{name}.pt"
     if not checkpoint.is_file():
         raise StageError(f"{checkpoint}: checkpoint not found; the train_{name} stage "

@@ -41,9 +41,8 @@ def with_inference(rows: list[dict], read=None) -> list[dict]:
 def show_table(rows: list[dict]) -> str:
     """A markdown table of the runs: each one's name, the params that differ between them,
     and every model's test, val and shifted-test accuracy, mean accuracy under the common
-    corruptions, test
-    calibration error, time per epoch, peak memory and inference throughput; the columns
-    `dvc exp show` elides in a narrow terminal, and only them."""
+    corruptions, test calibration error, time per epoch, peak memory and inference throughput;
+    the columns `dvc exp show` elides in a narrow terminal, and only them."""
     params = [params_of(row) for row in rows]
     varying = sorted(k for k in {k for p in params for k in p}
                      if len({repr(p.get(k)) for p in params}) > 1)

@@ -126,28 +126,33 @@ def plot_wise_ft(reports: dict[str, dict], path: Path, dpi: int) -> None:
 
 
 def plot_wise_ft_frontier(reports: dict[str, dict], split: str, path: Path, dpi: int) -> None:
-    """WiSE-FT's own figure, a panel per model: in-distribution test accuracy against the
-    `split` (shifted) test's along α, the straight line between the two ends (what mixing
-    the predictions' accuracies linearly would give: a curve above it beats both ends), ★ the
-    α chosen on val, ◆ the α best on the shift (reported, never chosen by)."""
+    """WiSE-FT's own figure, a panel per model with the `split` (shifted) test scored:
+    in-distribution held-out accuracy (test, else val) against the shifted split's along α,
+    the straight line between α 0 and α 1 (the linear trade-off between the two models: a curve
+    above it gains on the shift more than it gives up in distribution), ★ the α chosen on val,
+    ◆ the α best on the shift (reported, never chosen by)."""
     curves = {name: report["wise_ft"] for name, report in reports.items()
               if report.get("wise_ft") and split in next(iter(report["wise_ft"].values()))}
     fig = Figure(figsize=(4.2 * len(curves), 4.2), layout="constrained")
     for axis, (name, curve) in zip(np.atleast_1d(fig.subplots(1, len(curves))), curves.items(),
                                    strict=True):
-        x, y = ([curve[a][key] for a in curve] for key in ("test", split))
-        axis.plot(x, y, marker="o", color=COLOURS[name], label="α from 0 to 1")
-        axis.plot([x[0], x[-1]], [y[0], y[-1]], ":", color="#7f7f7f",
-                  label="the ends' straight line")
-        for alpha, at_x, at_y in zip(curve, x, y, strict=True):
+        alphas = sorted(curve, key=float)
+        held_out = "test" if "test" in curve[alphas[0]] else "val"
+        x, y = ([curve[a][key] for a in alphas] for key in (held_out, split))
+        axis.plot(x, y, marker="o", color=COLOURS[name], label="α, in order")
+        if {"0", "1"} <= set(alphas):
+            axis.plot([curve["0"][held_out], curve["1"][held_out]],
+                      [curve["0"][split], curve["1"][split]], ":", color="#7f7f7f",
+                      label="α 0 to α 1, straight")
+        for alpha, at_x, at_y in zip(alphas, x, y, strict=True):
             axis.annotate(f"α {alpha}", (at_x, at_y), textcoords="offset points",
                           xytext=(4, -10), fontsize=7)
         for by, marker, label in (("val", "*", "chosen on val"),
                                   (split, "D", "best on the shift")):
-            best = max(curve, key=lambda a, by=by, curve=curve: curve[a][by])
-            axis.plot([curve[best]["test"]], [curve[best][split]], marker, markersize=11,
+            best = max(alphas, key=lambda a, by=by, curve=curve: curve[a][by])
+            axis.plot([curve[best][held_out]], [curve[best][split]], marker, markersize=11,
                       color=COLOURS[name], markerfacecolor="none", label=f"α {best}: {label}")
-        axis.set(title=f"{LABELS[name]}", xlabel="test accuracy (in distribution)",
+        axis.set(title=f"{LABELS[name]}", xlabel=f"{held_out} accuracy (in distribution)",
                  ylabel=f"{split} test accuracy")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="lower right")

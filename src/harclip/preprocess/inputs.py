@@ -9,12 +9,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PureWindowsPath
 
 from harclip.config.schema import PreprocessConfig
-from harclip.data.cache import SPLITS
+from harclip.data.cache import IN_DISTRIBUTION, SPLITS
 from harclip.data.decode import Rejected
 from harclip.data.layout import (
     CLASSES_JSON,
     IMAGE_DIR,
     LABELS_CSV,
+    SHIFT_SPLIT,
     flag_small_classes,
     read_classes,
     read_labels_csv,
@@ -103,12 +104,15 @@ def _under(name: str, entry: str) -> bool:
 
 def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], list[str]]:
     """Rows of Training_set.csv that name a file inside train/ with a known label (and split,
-    where the CSV gives splits); the rest, why; and the class names."""
+    where the CSV gives splits: every row, when it gives any of train/val/test; else a row may
+    be `shift` or left empty for preprocess to split); the rest, why; and the class names."""
     rows = read_labels_csv(raw_dir / LABELS_CSV)
     classes = read_classes(raw_dir, rows)
     class_ids = {name: index for index, name in enumerate(classes)}
     left_out = read_left_out(raw_dir)
     folder = _ImageFolder(raw_dir / IMAGE_DIR, left_out)
+    own_split = any(row.split in IN_DISTRIBUTION for row in rows)  # then every row needs one:
+    # a blank among a dataset's own train/val/test is a mistake, not a row to split at random
     rejected: list[Rejected] = []
     by_file: dict[str, list] = defaultdict(list)
     for row in rows:
@@ -137,11 +141,12 @@ def collect_candidates(raw_dir: Path) -> tuple[list[Candidate], list[Rejected], 
                                      f"unknown label {first.label!r} at line {first.line}; "
                                      f"expected one of the {len(classes)} classes in "
                                      f"{CLASSES_JSON}"))
-        elif first.split and first.split not in SPLITS:
+        elif (first.split or own_split) and first.split not in SPLITS:
+            allowed = ", ".join(SPLITS) if own_split else \
+                f"{', '.join(SPLITS)}, or empty (split by preprocess)"
             rejected.append(Rejected(name, "unknown_split",
                                      f"split {first.split!r} at line {first.line}; expected "
-                                     f"one of {', '.join(SPLITS)}, or empty (split by "
-                                     f"preprocess)"))
+                                     f"one of {allowed}"))
         else:
             candidates.append(Candidate(name, class_ids[first.label], first.split))
     listed = set(by_file) | {row.filename for row in rows}
@@ -165,8 +170,9 @@ def drop_rare_classes(candidates: list[Candidate], classes: list[str],
         f"one image in each split at preprocess.val_fraction {config.val_fraction:g} and " \
         f"test_fraction {config.test_fraction:g}"
     files: dict[str, list[str]] = {name: [] for name in classes}
-    for candidate in candidates:
-        files[classes[candidate.label]].append(candidate.filename)
+    for candidate in candidates:  # a class's shift images train nothing: they do not count
+        if candidate.split != SHIFT_SPLIT:
+            files[classes[candidate.label]].append(candidate.filename)
     typos = flag_small_classes(files, "preprocess", minimum)
     rare = [name for name, names in files.items() if len(names) < minimum]
     if len(rare) > len(classes) / 2:

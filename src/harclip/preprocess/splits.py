@@ -1,6 +1,6 @@
 """The train / val / test split: seeded and stratified per class with byte-identical images
-on one side, or the one the dataset's CSV gives (row by row: a row with an empty split is
-split seeded, so a CSV may give only its shifted test set)."""
+on one side, or the one the dataset's CSV gives (a CSV may give only its shifted test set,
+the rest left empty for the seeded split)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from harclip.config.schema import PreprocessConfig
-from harclip.data.cache import SPLITS
-from harclip.data.layout import SHIFT_SPLIT
+from harclip.data.cache import IN_DISTRIBUTION, SPLITS
+from harclip.data.layout import LABELS_CSV
 from harclip.preprocess.inputs import Candidate
 from harclip.runtime.log import log
 
@@ -48,18 +48,31 @@ def assign_splits(labels: Sequence[int], hashes: Sequence[str], val_fraction: fl
 
 
 def split_source(candidates: list[Candidate]) -> str:
-    """summary.json's word for where the train/val/test split came from."""
-    given = {bool(c.split) for c in candidates if c.split != SHIFT_SPLIT}
-    return {frozenset({True}): "given", frozenset({True, False}): "given and seeded"
-            }.get(frozenset(given), "seeded")
+    """summary.json's word for where the train/val/test split came from: the CSV's own (which
+    then gives every row one), or seeded."""
+    return "given" if any(c.split in IN_DISTRIBUTION for c in candidates) else "seeded"
 
 
 def choose_splits(config: PreprocessConfig, candidates: list[Candidate],
                   hashes: list[str]) -> np.ndarray:
     """The CSV's own split for each row that gives one, a seeded stratified split for the
-    rest; `hashes` are the files' sha256, so both are known before anything is decoded."""
+    rest; `hashes` are the files' sha256, so both are known before anything is decoded.
+
+    A row left to the seeded split whose bytes a given row has goes where that row is (the
+    most held out, of several): a copy of a shifted or test image never trains.
+    """
     split_of = np.asarray([SPLITS.index(c.split) if c.split else -1 for c in candidates],
                           dtype=np.int64)
+    given: dict[str, int] = {}
+    for digest, side in zip(hashes, split_of, strict=True):
+        if side >= 0:
+            given[digest] = max(given.get(digest, 0), int(side))
+    followers = [i for i in np.flatnonzero(split_of < 0) if hashes[i] in given]
+    for index in followers:
+        split_of[index] = given[hashes[index]]
+    if followers:
+        log.info("preprocess: %d image(s) without a split in %s are byte-identical to one "
+                 "with a split, and go with it", len(followers), LABELS_CSV)
     seeded = np.flatnonzero(split_of < 0)
     if len(seeded):
         split_of[seeded] = assign_splits([candidates[i].label for i in seeded],

@@ -27,6 +27,7 @@ import numpy as np
 from harclip.config.schema import PreprocessConfig
 from harclip.data.cache import (
     CACHE_DIR,
+    IN_DISTRIBUTION,
     SPLITS,
     CacheItem,
     CacheWriter,
@@ -95,7 +96,8 @@ def _preprocess(config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
                             kept + len(rejected), summarise(rejected))
             if not kept or len(rejected) > config.max_bad_fraction * (kept + len(rejected)):
                 _too_many_bad(rejected, kept, config, raw_dir)
-            labels = {label for split in writer.labels for label in split}
+            labels = {label for split in writer.labels[:len(IN_DISTRIBUTION)]
+                      for label in split}  # shift images train nothing
             _need_two_classes(sorted(classes[label] for label in labels), raw_dir)
             _need_train_and_val(np.repeat(np.arange(len(SPLITS)), writer.counts()), kept)
             summary = writer.close(classes, rejected, fit=config.fit,

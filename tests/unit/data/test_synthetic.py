@@ -7,7 +7,6 @@ import copy
 import csv
 
 import numpy as np
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -24,6 +23,7 @@ from harclip.data.synthetic.scenes import (
     render,
 )
 from harclip.pretrain.world import sample_scene, world_rng
+from tests.support.images import NEAR_DUPLICATE, edge_fingerprint
 
 
 def _arrays(images):
@@ -76,27 +76,12 @@ def test_the_shifted_split_is_drawn_in_a_palette_the_stand_in_never_uses():
     assert 0.3 < np.mean(world) < 0.7 and min(world) < 0.1 and max(world) > 0.9
 
 
-def _edges(image: np.ndarray) -> np.ndarray:
-    """A palette-blind fingerprint (HWC uint8 in): the HLS lightness' gradient, 32×32,
-    normalised (a dot product of two is their correlation)."""
-    lightness = (image.max(axis=-1).astype(float) + image.min(axis=-1)) / 2
-    gradient = np.abs(np.diff(lightness, axis=1))[:-1] + np.abs(np.diff(lightness, axis=0))[:, :-1]
-    small = np.asarray(Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8))
-                       .resize((32, 32), Image.Resampling.BOX), dtype=float).ravel()
-    return (small - small.mean()) / (small.std() * np.sqrt(small.size))
-
-
-NEAR_DUPLICATE = 0.95
-"""Edge correlation above which two images are one scene (the same drawing in the other palette
-scores over 0.99; two scenes of the demo's at most about 0.8)."""
-
-
 def test_no_shifted_image_is_in_train_byte_for_byte_or_nearly(small_cache):
     rows = list(csv.DictReader((small_cache / "manifest.csv").read_text().splitlines()))
     digests = {side: {r["sha256"] for r in rows if r["split"] == side}
                for side in ("train", "shift")}
     assert len(digests["shift"]) == 60 and not digests["shift"] & digests["train"]
-    train, shifted = (np.stack([_edges(image.transpose(1, 2, 0)) for image in
+    train, shifted = (np.stack([edge_fingerprint(image.transpose(1, 2, 0)) for image in
                                 load_split(small_cache, side)[0]]) for side in ("train", "shift"))
     assert (shifted @ train.T).max() < NEAR_DUPLICATE
 
@@ -108,4 +93,4 @@ def test_no_shifted_image_is_in_train_byte_for_byte_or_nearly(small_cache):
         warm, cool = (np.asarray(render(label, 64, generator, hues)) for generator, hues in
                       ((rng, STAND_IN_HUES), (same_state, SHIFTED_HUES)))
         assert not np.array_equal(warm, cool)
-        assert _edges(warm) @ _edges(cool) > NEAR_DUPLICATE
+        assert edge_fingerprint(warm) @ edge_fingerprint(cool) > NEAR_DUPLICATE

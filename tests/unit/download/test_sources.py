@@ -128,7 +128,7 @@ def test_integer_labels_without_names_need_download_classes(tmp_path):
 
 
 def test_hars_own_sources_keep_the_hubs_15_classes_in_order(tmp_path):
-    tiny = synthetic_config(images_per_class=2, image_size=32)
+    tiny = synthetic_config(images_per_class=2, shifted_images_per_class=0, image_size=32)
     dl.download(download_config(source="synthetic", synthetic=tiny), tmp_path / "synthetic")
     assert _classes_json(tmp_path / "synthetic") == list(CLASS_NAMES)
     hub = tmp_path / "train-00000-of-00001.parquet"  # HAR's hub copy: no features recorded

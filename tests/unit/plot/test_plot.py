@@ -108,27 +108,46 @@ def test_corruptions_get_a_figure_and_the_summary_their_mean(tmp_path):
            "(plots/corruptions.png)." in summary
 
 
+def _with_shift(report: dict, held_out: str = "test") -> dict:
+    report["scores"]["shift"] = {"accuracy": 0.42, "macro_f1": 0.4}
+    report["zero_shot_accuracy"] = {"val": 0.3, held_out: 0.3, "shift": 0.33}
+    report["wise_ft"] = {f"{a:g}": {"val": 0.3 + 0.2 * a, held_out: 0.3 + 0.2 * a,
+                                    "shift": 0.33 + 0.3 * a * (1 - a) + 0.09 * a}
+                         for a in (1.0, 0.0, 0.5)}  # as listed, not sorted
+    report["shift"] = {"accuracy": 0.42, "zero_shot_accuracy": 0.33,
+                       "wise_alpha_best_on_shift": 0.5}
+    return report
+
+
 def test_a_shift_split_gets_wise_fts_frontier_and_a_summary_column(tmp_path):
     _fabricate_results(tmp_path)
-    for name in METHODS[:2]:  # A-CLIP's evaluation without one: its panel is left out
+    for name in METHODS:
         path = tmp_path / "metrics" / name / "report.json"
         report = json.loads(path.read_text())
-        report["scores"]["shift"] = {"accuracy": 0.42, "macro_f1": 0.4}
-        report["zero_shot_accuracy"] = {"val": 0.3, "test": 0.3, "shift": 0.33}
-        report["wise_ft"] = {f"{a:g}": {"val": 0.3 + 0.2 * a, "test": 0.3 + 0.2 * a,
-                                        "shift": 0.33 + 0.3 * a * (1 - a) + 0.09 * a}
-                             for a in (0.0, 0.5, 1.0)}
-        report["shift"] = {"accuracy": 0.42, "zero_shot_accuracy": 0.33,
-                           "wise_alpha_best_on_shift": 0.5}
-        path.write_text(json.dumps(report))
+        if name == "aclip":  # scored without a shift split: no panel, no column
+            report["wise_ft"] = {"0": {"val": 0.3, "test": 0.3}, "1": {"val": 0.5, "test": 0.5}}
+        path.write_text(json.dumps(report if name == "aclip" else _with_shift(report)))
     plot(PlotConfig(dpi=60), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
     with Image.open(tmp_path / "plots" / "wise_ft_frontier.png") as image:
         image.verify()
-        assert image.size[0] > 2 * image.size[1] * 0.9  # two panels side by side
+        assert 1.8 < image.size[0] / image.size[1] < 2.2  # two panels side by side, not three
     summary = (tmp_path / "plots" / "summary.md").read_text()
     assert summary.count("| 30.0% | 42.0% (33.0%) | — | 0.031 |") == 2
     assert "| **A-CLIP** |" in summary and "| 88.0% | — | — | — | 0.031 |" in summary
     assert "Shifted test: accuracy on the shift split" in summary
+
+
+def test_the_frontier_without_a_test_split_plots_val_against_the_shift(tmp_path):
+    _fabricate_results(tmp_path)
+    for name in METHODS:
+        path = tmp_path / "metrics" / name / "report.json"
+        report = json.loads(path.read_text())
+        del report["scores"]["test"]
+        path.write_text(json.dumps(_with_shift(report, held_out="val")))
+    plot(PlotConfig(dpi=60), tmp_path / "logs", tmp_path / "metrics", tmp_path / "plots")
+    with Image.open(tmp_path / "plots" / "wise_ft_frontier.png") as image:
+        image.verify()
+        assert 2.7 < image.size[0] / image.size[1] < 3.3
 
 
 def test_confusion_figures_grow_with_the_number_of_classes(tmp_path):

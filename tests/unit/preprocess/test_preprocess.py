@@ -7,13 +7,14 @@ from __future__ import annotations
 import csv
 import shutil
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from harclip.data.cache import load_split
 from harclip.data.decode import decode
-from harclip.data.layout import CLASS_NAMES, write_labels_csv
+from harclip.data.layout import write_labels_csv
 from harclip.preprocess.splits import assign_splits
 from harclip.preprocess.stage import preprocess
 from harclip.runtime.errors import StageError
@@ -174,36 +175,62 @@ def test_real_sample_duplicates_land_on_one_side(har_sample, tmp_path):
         assert set(per_class.values()) == {share}
 
 
-def test_a_csvs_shift_rows_are_held_out_and_the_rest_split_seeded(tmp_path):
+def test_a_csvs_shift_rows_are_held_out_and_the_rest_split_seeded(tmp_path, caplog):
     """A CSV may give only its shifted test set (what the synthetic source writes): those rows
-    go to the shift split, the rows with an empty split are split as without a column, and an
-    unknown split value is a bad row naming the ones allowed."""
+    go to the shift split, the rows with an empty split are split as without a column (but a
+    copy of a shifted image, which goes with it), and an unknown split value is a bad row
+    naming the ones allowed."""
     raw = tmp_path / "raw"
     rows = raw_folder(raw, per_class=10)
     sides = (["shift"] * 2 + [""] * 8) * 3
     sides[-1] = "holdout"
+    copy = ("copy_of_a_shifted_image.jpg", rows[0][1])
+    shutil.copy(raw / "train" / rows[0][0], raw / "train" / copy[0])
     write_labels_csv(raw / "Training_set.csv",
-                     [(*row, side) for row, side in zip(rows, sides, strict=True)],
-                     with_split=True)
+                     [(*row, side) for row, side in zip(rows, sides, strict=True)]
+                     + [(*copy, "")], with_split=True)
     config = preprocess_config(image_size=SIZE, workers=1, max_bad_fraction=0.1)
-    summary = preprocess(config, raw, tmp_path / "cache")
-    assert summary["shift_images"] == 6 and summary["split_source"] == "seeded"
+    with caplog.at_level("INFO", logger="harclip"):
+        summary = preprocess(config, raw, tmp_path / "cache")
+    assert "1 image(s) without a split in Training_set.csv are byte-identical to one with a " \
+           "split, and go with it" in caplog.text
+    assert summary["shift_images"] == 7 and summary["split_source"] == "seeded"
     assert summary["train_images"] + summary["val_images"] + summary["test_images"] == 23
     manifest = list(csv.DictReader((tmp_path / "cache" / "manifest.csv").read_text()
                                    .splitlines()))
     shifted = {row["filename"] for row in manifest if row["split"] == "shift"}
     assert shifted == {name for (name, _), side in zip(rows, sides, strict=True)
-                       if side == "shift"}
+                       if side == "shift"} | {copy[0]}
     images, labels = load_split(tmp_path / "cache", "shift")
-    assert images.shape == (6, 3, SIZE, SIZE) and sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert images.shape == (7, 3, SIZE, SIZE) and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 2, 2]
     assert rejections(tmp_path / "cache") == {
         rows[-1][0]: "split 'holdout' at line 31; expected one of train, val, test, shift, or "
                      "empty (split by preprocess)"}
     # the seeded rows split exactly as the same rows would with no split column
     seeded = [row for row, side in zip(rows, sides, strict=True) if side == ""]
-    expected = assign_splits([CLASS_NAMES.index(label) for _, label in seeded],
-                             [r["sha256"] for name, _ in seeded for r in manifest
-                              if r["filename"] == name],
-                             config.val_fraction, config.test_fraction, config.seed)
-    got = {row["filename"]: row["split"] for row in manifest}
-    assert [got[name] for name, _ in seeded] == [("train", "val", "test")[s] for s in expected]
+    write_labels_csv(raw / "Training_set.csv", seeded)
+    preprocess(replace(config, max_bad_fraction=0.5), raw, tmp_path / "alone")  # the rest: unlisted
+    alone = {row["filename"]: row["split"] for row in csv.DictReader(
+        (tmp_path / "alone" / "manifest.csv").read_text().splitlines())}
+    assert {row["filename"]: row["split"] for row in manifest
+            if row["filename"] in alone} == alone
+
+
+def test_a_csv_with_its_own_split_must_give_every_row_one(tmp_path):
+    """A blank among a dataset's own train/val/test is a bad row, as it always was: seeding it
+    would slip random rows into the dataset's own test set."""
+    raw = tmp_path / "raw"
+    rows = raw_folder(raw, per_class=8)
+    sides = ["train"] * 5 + ["val", "test", "shift"]
+    sides = sides * 3
+    sides[0] = ""
+    write_labels_csv(raw / "Training_set.csv",
+                     [(*row, side) for row, side in zip(rows, sides, strict=True)],
+                     with_split=True)
+    summary = preprocess(preprocess_config(image_size=SIZE, workers=1, max_bad_fraction=0.1),
+                         raw, tmp_path / "cache")
+    assert rejections(tmp_path / "cache") == {
+        rows[0][0]: "split '' at line 2; expected one of train, val, test, shift"}
+    assert [summary[f"{side}_images"] for side in ("train", "val", "test", "shift")] == \
+        [14, 3, 3, 3]
+    assert summary["split_source"] == "given"

@@ -238,6 +238,7 @@ def render(label: str, size: int, rng: np.random.Generator,
 
 def _balanced(images_per_class: int, size: int, rng: np.random.Generator,
               hues: tuple[float, float]) -> Iterator[tuple[str, Image.Image]]:
+    """`images_per_class` rounds of the 15 actions, one image each, in the palette `hues`."""
     for _ in range(images_per_class):
         for label in CLASS_NAMES:
             yield label, render(label, size, rng, hues)
