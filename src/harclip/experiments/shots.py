@@ -11,11 +11,12 @@ from pathlib import Path
 
 from harclip.config.schema import LABELS, METHODS
 from harclip.experiments.report import mean_pm, mean_std, per_seed, value, varying_only
-from harclip.experiments.sweeps import SHOTS_ARMS
+from harclip.experiments.sweeps import SHOTS_ARMS, SHOTS_EVALUATE
 from harclip.runtime.errors import StageError
 
-FREE = {f"train_{m}.{key}" for m in METHODS for key in ("shots_per_class", "tune", "seed")}
-"""The params a shots run may differ in from the commit's."""
+FREE = {f"train_{m}.{key}" for m in METHODS for key in ("shots_per_class", "tune", "seed")} \
+    | set(SHOTS_EVALUATE)
+"""The params a shots run may differ in from the commit's (its evaluation is the lighter one)."""
 FULL = SHOTS_ARMS[0][0]
 PROTOCOL = ("Every run trains for the commit's `epochs`, so a smaller k takes fewer optimiser "
             "steps, and each picks its checkpoint and temperature on the whole val split (more "

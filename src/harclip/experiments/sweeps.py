@@ -108,18 +108,24 @@ def queue_finetune(params: Path, seeds: list[int], jobs: int) -> None:
 
 SHOTS_ARMS = [("full fine-tuning", "full"), ("linear probe", "linear"), ("LoRA (rank 4)", "lora")]
 """What trains at each number of shots: (label, `tune`)."""
+SHOTS_EVALUATE = {"evaluate.wise_alphas": [], "evaluate.corruptions.names": []}
+"""A shots run scores val, test and the shift only: WiSE-FT's blends and the corruptions are
+the full-data runs' question, and they would take most of a few-shot run's evaluation."""
 
 
 def queue_shots(params: Path, shots: list[int], seeds: list[int], jobs: int) -> None:
     """Queue every model at `shots_per_class` k for each k, arm (`tune`: full, linear, lora)
-    and seed, then start (`jobs` 0: queue only). Full data is the commit's own run and the
-    seeds sweep's; zero-shot comes from every evaluation."""
+    and seed, evaluating without WiSE-FT or corruptions (SHOTS_EVALUATE), then start (`jobs`
+    0: queue only). Full data is the commit's own run and the seeds sweep's; zero-shot comes
+    from every evaluation."""
     for k in shots:
         for _, tune in SHOTS_ARMS:
             for seed in seeds:
                 sets = [arg for key, setting in {"shots_per_class": k, "tune": tune,
                                                  "seed": seed}.items()
                         for arg in set_training(params, key, setting)]
+                sets += [arg for key, setting in SHOTS_EVALUATE.items()
+                         for arg in ("-S", f"{key}={json.dumps(setting)}")]
                 _dvc("exp", "run", "--queue", "--name", f"shots-{k}-{tune}-s{seed}", *sets)
     if jobs:
         _dvc("queue", "start", "-j", str(jobs))

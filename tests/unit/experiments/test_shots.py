@@ -23,7 +23,8 @@ def test_the_shots_sweep_queues_each_k_arm_and_seed_in_the_shared_section(monkey
     assert len(runs) == 2 * 3 * 2 and queued[-1] == ("queue", "start", "-j", "2")
     lora = next(a for a in runs if "shots-4-lora-s2" in a)
     assert [a for a in lora if "=" in a] == ["train.shots_per_class=4", 'train.tune="lora"',
-                                             "train.seed=2"]
+                                             "train.seed=2", "evaluate.wise_alphas=[]",
+                                             "evaluate.corruptions.names=[]"]
 
 
 def _rows():
