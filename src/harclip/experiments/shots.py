@@ -1,8 +1,9 @@
-"""The data-efficiency report (`python -m harclip.experiments report shots`): test accuracy
-against the number of training images per class, per model and arm (full fine-tuning, a
-linear probe, LoRA), mean ± std over seeds, with zero-shot as the 0-shot point and full data
-as a line, and what the measured curves say: from how many shots fine-tuning beats zero-shot,
-and where a probe or LoRA overtakes full fine-tuning."""
+"""The data-efficiency report (`python -m harclip.experiments report shots`): test accuracy,
+and shifted-test accuracy where the runs have a shift split, against the number of training
+images per class, per model and arm (full fine-tuning, a linear probe, LoRA), mean ± std over
+seeds, with zero-shot as the 0-shot point and full data as a line, and what the measured
+curves say: from how many shots fine-tuning beats zero-shot, and where a probe or LoRA
+overtakes full fine-tuning."""
 
 from __future__ import annotations
 
@@ -18,38 +19,47 @@ FREE = {f"train_{m}.{key}" for m in METHODS for key in ("shots_per_class", "tune
     | set(SHOTS_EVALUATE)
 """The params a shots run may differ in from the commit's (its evaluation is the lighter one)."""
 FULL = SHOTS_ARMS[0][0]
+METRICS = {"test_acc": "Test (in distribution)", "shift_acc": "Shifted test"}
+"""The accuracies a shots report tabulates (eval.json's keys), each where the runs have it."""
 PROTOCOL = ("Every run trains for the commit's `epochs`, so a smaller k takes fewer optimiser "
             "steps, and each picks its checkpoint and temperature on the whole val split (more "
-            "labels than k a class: CoOp's protocol has none to spare). Test accuracy, mean ± "
-            "std over the seeds; zero-shot is the pretrained start with its text head. The "
-            "findings compare means: a difference under a test figure's standard error "
+            "labels than k a class: CoOp's protocol has none to spare). Accuracy, mean ± std "
+            "over the seeds; zero-shot is the pretrained start with its text head. The "
+            "findings compare means: a difference under a figure's standard error "
             "(√(p(1 − p)/n), about 2 points at 375 test images) says nothing.\n")
 """What the curves hold fixed and what they do not, under every shots table."""
 
 
-def zero_shot_of(rows: list[dict], read=None) -> dict[str, float]:
-    """Each model's zero-shot test accuracy (the pretrained start with its text head: it
-    depends on neither the shots nor the seed), from report.json at the first row's commit
-    (`read(path, rev)`, DVC's by default); a model without one is left out."""
+def zero_shot_of(rows: list[dict], read=None) -> dict[str, dict[str, float]]:
+    """Per metric (METRICS), each model's zero-shot accuracy (the pretrained start with its
+    text head: it depends on neither the shots nor the seed), from report.json at the first
+    row's commit (`read(path, rev)`, DVC's by default); a model or split without one is left
+    out."""
     from dvc.exceptions import DvcException
 
     if read is None:
         import dvc.api
 
         read = dvc.api.read
-    found = {}
+    found: dict[str, dict[str, float]] = {metric: {} for metric in METRICS}
     for method in METHODS if rows else ():
         try:
             report = json.loads(read(f"metrics/{method}/report.json", rev=rows[0]["rev"]))
-            found[method] = float(report["zero_shot_accuracy"]["test"])
-        except (DvcException, FileNotFoundError, KeyError, TypeError, ValueError):
-            continue  # no report, no pretrained start or no test split: no 0-shot point
+        except (DvcException, FileNotFoundError, ValueError):
+            continue  # no report: no 0-shot point
+        for metric, where in (("test_acc", ("zero_shot_accuracy", "test")),
+                              ("shift_acc", ("shift", "zero_shot_accuracy"))):
+            try:
+                found[metric][method] = float(report[where[0]][where[1]])
+            except (KeyError, TypeError, ValueError):
+                continue  # no pretrained start, or no such split
     return found
 
 
-def shots_found(rows: list[dict], zero_shot: dict[str, float]) -> dict:
-    """Per model: each arm's test accuracies over seeds at each k, full fine-tuning's on the
-    whole training split, and zero-shot's accuracy."""
+def shots_found(rows: list[dict], zero_shot: dict[str, float], metric: str = "test_acc") \
+        -> dict:
+    """Per model: each arm's `metric` (an eval.json key) over seeds at each k, full
+    fine-tuning's on the whole training split, and zero-shot's."""
     rows = varying_only(rows, FREE)
     found = {}
     for method in METHODS:
@@ -58,16 +68,21 @@ def shots_found(rows: list[dict], zero_shot: dict[str, float]) -> dict:
                      if value(row, shots_key) is not None})
         arms = {}
         for label, tune in SHOTS_ARMS:
-            curve = {k: per_seed([row for row in rows if value(row, tune_key) == tune
-                                  and value(row, shots_key) == k], method, ("test_acc",))
-                     ["test_acc"] for k in ks}
+            curve = {k: _measured(per_seed([row for row in rows if value(row, tune_key) == tune
+                                            and value(row, shots_key) == k], method, (metric,))
+                                  [metric]) for k in ks}
             if curve := {k: accs for k, accs in curve.items() if accs}:
                 arms[label] = curve
         full_data = per_seed([row for row in rows if value(row, shots_key) is None
-                              and value(row, tune_key) == "full"], method, ("test_acc",))
-        found[method] = {"arms": arms, "full_data": full_data["test_acc"],
+                              and value(row, tune_key) == "full"], method, (metric,))
+        found[method] = {"arms": arms, "full_data": _measured(full_data[metric]),
                          "zero_shot": zero_shot.get(method)}
     return found
+
+
+def _measured(values: list) -> list[float]:
+    """The seeds' values a run recorded (a run without the split has none)."""
+    return [v for v in values if v is not None]
 
 
 def findings(found: dict) -> list[str]:
@@ -117,59 +132,71 @@ def shots_table(found: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def shots_figure(found: dict, path: Path):
-    """Per model: test accuracy against shots per class (log axis), an arm a line with its
-    std over seeds shaded, zero-shot the point at 0 and full data a line. Returns the figure,
-    for the tests to read."""
+def shots_figure(by_metric: dict[str, dict], path: Path):
+    """A row per metric (test, then the shift), a panel per model: accuracy against shots per
+    class (log axis), an arm a line with its std over seeds shaded, zero-shot the point at 0
+    and full data a line. Returns the figure, for the tests to read."""
     from matplotlib.figure import Figure
 
-    shown = {method: entry for method, entry in found.items() if entry["arms"]}
-    fig = Figure(figsize=(5 * len(shown), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
+    models = [m for m in METHODS if any(found.get(m, {}).get("arms")
+                                        for found in by_metric.values())]
+    fig = Figure(figsize=(5 * len(models), 4.2 * len(by_metric)), layout="constrained")
+    grid = fig.subplots(len(by_metric), len(models), sharey="row", squeeze=False)
     colours = dict(zip([label for label, _ in SHOTS_ARMS], ["#1f77b4", "#ff7f0e", "#2ca02c"],
                        strict=True))
-    for axis, (method, entry) in zip(axes, shown.items(), strict=True):
-        ks = sorted({k for curve in entry["arms"].values() for k in curve})
-        for label, curve in entry["arms"].items():
-            at = sorted(curve)
-            means, stds = map(list, zip(*(mean_std(curve[k]) for k in at), strict=True))
-            axis.plot(at, [m * 100 for m in means], marker="o", color=colours[label],
-                      label=label)
-            axis.fill_between(at, [(m - s) * 100 for m, s in zip(means, stds, strict=True)],
-                              [(m + s) * 100 for m, s in zip(means, stds, strict=True)],
-                              color=colours[label], alpha=0.15)
-        if entry["zero_shot"] is not None:
-            axis.plot([0.5], [entry["zero_shot"] * 100], marker="*", markersize=12,
-                      color="black", linestyle="none", label="zero-shot (0 shots)")
-        if entry["full_data"]:
-            mean, std = mean_std(entry["full_data"])
-            axis.axhline(mean * 100, color="#7f7f7f", linestyle="--",
-                         label="full fine-tuning, all images")
-            axis.axhspan((mean - std) * 100, (mean + std) * 100, color="#7f7f7f", alpha=0.15)
-        axis.set_xscale("log", base=2)
-        axis.set_xticks([0.5, *ks], ["0", *map(str, ks)])
-        axis.set(title=LABELS[method], xlabel="training images per class (log scale)")
-        axis.grid(alpha=0.3)
-    axes[0].set(ylabel="test accuracy (%)")
-    axes[0].legend(fontsize="small", loc="lower right")
-    fig.suptitle("Few labels: test accuracy against shots per class (mean ± std over seeds)")
+    for axes, (metric, found) in zip(grid, by_metric.items(), strict=True):
+        for axis, method in zip(axes, models, strict=True):
+            _shots_panel(axis, found.get(method, {"arms": {}, "full_data": [],
+                                                  "zero_shot": None}), colours)
+            axis.set_title(f"{LABELS[method]}: {METRICS[metric].lower()}")
+        axes[0].set(ylabel=f"{METRICS[metric].lower()} accuracy (%)")
+    grid[0][0].legend(fontsize="small", loc="lower right")
+    fig.suptitle("Few labels: accuracy against shots per class (mean ± std over seeds)")
     fig.savefig(path, dpi=120)
     return fig
 
 
-def report_shots(out: Path, rows: list[dict], zero_shot: dict[str, float]) \
+def _shots_panel(axis, entry: dict, colours: dict) -> None:
+    ks = sorted({k for curve in entry["arms"].values() for k in curve})
+    for label, curve in entry["arms"].items():
+        at = sorted(curve)
+        means, stds = map(list, zip(*(mean_std(curve[k]) for k in at), strict=True))
+        axis.plot(at, [m * 100 for m in means], marker="o", color=colours[label], label=label)
+        axis.fill_between(at, [(m - s) * 100 for m, s in zip(means, stds, strict=True)],
+                          [(m + s) * 100 for m, s in zip(means, stds, strict=True)],
+                          color=colours[label], alpha=0.15)
+    if entry["zero_shot"] is not None:
+        axis.plot([0.5], [entry["zero_shot"] * 100], marker="*", markersize=12,
+                  color="black", linestyle="none", label="zero-shot (0 shots)")
+    if entry["full_data"]:
+        mean, std = mean_std(entry["full_data"])
+        axis.axhline(mean * 100, color="#7f7f7f", linestyle="--",
+                     label="full fine-tuning, all images")
+        axis.axhspan((mean - std) * 100, (mean + std) * 100, color="#7f7f7f", alpha=0.15)
+    axis.set_xscale("log", base=2)
+    axis.set_xticks([0.5, *ks], ["0", *map(str, ks)])
+    axis.set(xlabel="training images per class (log scale)")
+    axis.grid(alpha=0.3)
+
+
+def report_shots(out: Path, rows: list[dict], zero_shot: dict[str, dict[str, float]]) \
         -> tuple[str, list[Path]]:
-    """docs/results' shots.md (the table and the findings) and shots.png; refused, leaving
-    both as they were, without a finished shots run."""
-    found = shots_found(rows, zero_shot)
-    if not any(entry["arms"] for entry in found.values()):
+    """docs/results' shots.md (a table and the findings per metric the runs have) and
+    shots.png; refused, leaving both as they were, without a finished shots run."""
+    by_metric = {metric: shots_found(rows, zero_shot.get(metric, {}), metric)
+                 for metric in METRICS}
+    by_metric = {metric: found for metric, found in by_metric.items()
+                 if any(entry["arms"] for entry in found.values())}
+    if "test_acc" not in by_metric:
         raise StageError(f"no finished shots experiments, so {out / 'shots.md'} is left as "
                          f"it was: queue them with `python -m harclip.experiments shots "
                          f"--shots 1 2 4 8 16 --seeds 0 1 2`, and report once `dvc queue "
                          f"status` shows them done")
-    table = shots_table(found) + "\n" + "\n".join(findings(found)) + "\n\n" + PROTOCOL
+    table = "".join(f"## {METRICS[metric]}\n\n{shots_table(found)}\n"
+                    + "\n".join(findings(found)) + "\n\n"
+                    for metric, found in by_metric.items()) + PROTOCOL
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "shots.md", out / "shots.png"]
-    shots_figure(found, written[1])
+    shots_figure(by_metric, written[1])
     written[0].write_text(table)
     return table, written
