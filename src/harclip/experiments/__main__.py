@@ -7,6 +7,7 @@
     dvc queue status                                         # follow them
     python -m harclip.experiments report seeds --out docs/results
     python -m harclip.experiments report ablation --out docs/results
+    python -m harclip.experiments report shift --rev <commit>   # test against the shift
 
 `seeds` and `ablation` queue one `dvc exp run --queue -S ...` per run and start the queue
 (`dvc queue start -j JOBS`); `report` reads every finished experiment of the current commit,
@@ -24,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harclip.experiments import report, shots
+from harclip.experiments import report, shift, shots
 from harclip.experiments.show import show_table, with_inference
 from harclip.experiments.sweeps import queue_ablation, queue_finetune, queue_seeds, queue_shots
 from harclip.runtime.harness import PARAMS_FILE, run
@@ -56,7 +57,7 @@ def main() -> None:
     show.add_argument("--rev", nargs="+", dest="revs",
                       help="commits whose experiments to show (default: the current one)")
     collect = commands.add_parser("report", help="table and figure of finished experiments")
-    collect.add_argument("kind", choices=("seeds", "ablation", "finetune", "shots"))
+    collect.add_argument("kind", choices=("seeds", "ablation", "finetune", "shots", "shift"))
     collect.add_argument("--out", type=Path, default=Path("docs/results"))
     collect.add_argument("--rev", nargs="+", dest="revs",
                          help="the commits the experiments were run on, their params.yaml "
@@ -74,8 +75,12 @@ def main() -> None:
         queue_shots(PARAMS_FILE, args.shots, args.seeds, args.jobs)
     else:
         rows = report.finished_runs(args.revs)
-        table, written = shots.report_shots(args.out, rows, shots.zero_shot_of(rows)) \
-            if args.kind == "shots" else report.report(args.kind, args.out, rows)
+        if args.kind == "shots":
+            table, written = shots.report_shots(args.out, rows, shots.zero_shot_of(rows))
+        elif args.kind == "shift":
+            table, written = shift.report_shift(args.out, rows)
+        else:
+            table, written = report.report(args.kind, args.out, rows)
         sys.stdout.write(table)
         log.info("wrote %s", ", ".join(map(str, written)))
 
