@@ -18,7 +18,9 @@ HEAD = ("The commit's run and its seeds (`python -m harclip.experiments seeds`),
         "fine-tuned on the training split and scored on its test split and its shifted test "
         "split. Gap: test minus shifted test, points. The α best on the shift is an oracle, "
         "reported and never chosen by; as the best of several on the very split it is scored "
-        "on, it is biased upward.\n\n")
+        "on, it is biased upward. Effective robustness here is measured against the "
+        "zero-shot start's own gap (a slope-1 line through the start, not Taori et al.'s "
+        "line fitted over many models).\n\n")
 
 
 def shift_found(rows: list[dict], read=None) -> dict:
@@ -48,10 +50,14 @@ def _report(read, method: str, rev: str) -> dict:
 
     path = f"metrics/{method}/report.json"
     try:
-        return json.loads(read(path, rev=rev))
+        report = json.loads(read(path, rev=rev))
     except (DvcException, OSError, ValueError) as err:
         raise StageError(f"cannot read {path} at {rev} ({type(err).__name__}): run the "
                          f"report from the project's clone, where that experiment is") from None
+    if "test" not in report.get("scores", {}):
+        raise StageError(f"{path} at {rev} has no test split: shift.md compares the test "
+                         f"split with the shift, so the data set needs both")
+    return report
 
 
 def _pct(accuracy: float) -> str:
@@ -65,7 +71,11 @@ def _alpha(curve: dict, alpha: float) -> str:
 
 def _key(curve: dict, alpha: float) -> str:
     """report.json's key for α (JSON wrote the floats as strings: "1", "0.25")."""
-    return next(key for key in curve if float(key) == alpha)
+    for key in curve:
+        if float(key) == alpha:
+            return key
+    raise StageError(f"WiSE-FT's curve has no α {alpha:g} (it has {', '.join(curve)}): the "
+                     f"seeds' runs differ in evaluate.wise_alphas")
 
 
 def seed_table(found: dict) -> str:

@@ -109,8 +109,8 @@ def queue_finetune(params: Path, seeds: list[int], jobs: int) -> None:
 SHOTS_ARMS = [("full fine-tuning", "full"), ("linear probe", "linear"), ("LoRA (rank 4)", "lora")]
 """What trains at each number of shots: (label, `tune`)."""
 SHOTS_EVALUATE = {"evaluate.wise_alphas": [], "evaluate.corruptions.names": []}
-"""A shots run scores val, test and the shift only: WiSE-FT's blends and the corruptions are
-the full-data runs' question, and they would take most of a few-shot run's evaluation."""
+"""A shots run's evaluation skips WiSE-FT's blends and the corruptions: they are the
+full-data runs' question, and they would take most of a few-shot run's evaluation."""
 
 
 def queue_shots(params: Path, shots: list[int], seeds: list[int], jobs: int) -> None:

@@ -42,7 +42,8 @@ def _rows():
         return {**_run(metrics, {f"train_{m}.seed": seed for m in METHODS}, typ=typ),
                 "rev": rev}
 
-    return [run("r0", 0, {"clip": 1.0}, typ="baseline"), run("r1", 1, {"clip": 0.5}),
+    # seed 1's α is eval.json's, not its curve's val argmax (0.5): the report must take it
+    return [run("r0", 0, {"clip": 1.0}, typ="baseline"), run("r1", 1, {"clip": 1.0}),
             {**run("r9", 2, {"clip": 1.0}), "train_clip.lr": 0.5}]  # another sweep's run
 
 
@@ -58,7 +59,7 @@ def test_the_table_curve_and_findings_come_from_each_seeds_report(tmp_path):
     assert written == [tmp_path / "shift.md"] and written[0].read_text() == table
     assert "| **CLIP** | 0 | 80.0% | 70.0% | 10.0 | α 1: 80.0% / 70.0% | α 0.5: 75.0% / 72.0% |" \
         in table
-    assert "| **CLIP** | 1 | 84.0% | 72.0% | 12.0 | α 0.5: 78.0% / 74.0% | " \
+    assert "| **CLIP** | 1 | 84.0% | 72.0% | 12.0 | α 1: 84.0% / 72.0% | " \
            "α 0.5: 78.0% / 74.0% |" in table
     assert "| **CLIP** | zero-shot | 60.0% | 55.0% | 5.0 | — | — |" in table
     assert "| **A-CLIP** | 0 | 70.0% | 66.0% | 4.0 | — | — |" in table
@@ -71,7 +72,7 @@ def test_the_table_curve_and_findings_come_from_each_seeds_report(tmp_path):
     assert ("- **CLIP**: mean gap 11.0 points over 2 seed(s); zero-shot's 5.0, so fine-tuning "
             "widened the gap by 6.0 points (effective robustness given up); its gain over "
             "zero-shot is +22.0 points in distribution and +16.0 shifted; WiSE-FT's α chosen on "
-            "val was 1 in 1 of 2, and the oracle α gains 1.0 points on the shift over it on "
+            "val was 1 in 2 of 2, and the oracle α gains 2.0 points on the shift over it on "
             "average.") in table
     assert "- **A-CLIP**: mean gap 4.0 points over 1 seed(s); zero-shot's 5.0, so fine-tuning " \
            "narrowed the gap by 1.0 points (effective robustness gained); its gain over " \
@@ -90,3 +91,14 @@ def test_a_report_that_cannot_be_read_is_one_line_naming_it():
     rows = _rows()[:1]
     with pytest.raises(StageError, match="cannot read metrics/clip/report.json at r0"):
         shift.shift_found(rows, lambda path, rev: "{not json")
+
+
+def test_a_report_without_a_test_split_or_with_another_alpha_grid_is_one_line():
+    def read(path, rev):
+        report = {**REPORTS["r0", "clip"], "scores": {"val": {"accuracy": 0.8}}}
+        return json.dumps(report)
+
+    with pytest.raises(StageError, match="report.json at r0 has no test split"):
+        shift.shift_found(_rows()[:1], read)
+    with pytest.raises(StageError, match="no α 0.75 .*differ in evaluate.wise_alphas"):
+        shift._alpha(REPORTS["r0", "clip"]["wise_ft"], 0.75)

@@ -32,6 +32,8 @@ def _rows(shift=False):
         params = {f"train_{m}.{key}": value for m in METHODS
                   for key, value in (("shots_per_class", "None" if k is None else k),
                                      ("tune", tune), ("seed", seed))}
+        if k is not None:  # the sweep's lighter evaluation, as exp_show gives a list: "[]"
+            params |= {key: "[]" for key in sweeps.SHOTS_EVALUATE}
         metrics = {f"{m}.{key}": acc - drop for m in METHODS
                    for key, drop in (("test_acc", 0.0), ("shift_acc", 0.1))[:1 + shift]}
         return _run(metrics, params, typ=typ)
