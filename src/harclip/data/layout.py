@@ -57,6 +57,12 @@ SHIFT_SPLIT = "shift"
 images (the synthetic stand-in's other palette; any dataset's own out-of-distribution set)."""
 
 
+def held_out_split(names) -> str:
+    """The in-distribution split the headline figures come from, among the split `names`
+    scored: test, or val for a data set without a test split."""
+    return "test" if "test" in names else "val"
+
+
 @dataclass(frozen=True)
 class LabelRow:
     """One row of Training_set.csv: an image path relative to `train/`, its label text and,

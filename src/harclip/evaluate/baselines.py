@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import accuracy_score
 
 from harclip.config.schema import TrainConfig
+from harclip.data.layout import held_out_split
 from harclip.model.backbones import preprocessing_of
 from harclip.model.calibration import calibration_report, fit_temperature
 from harclip.model.classifier import HarClassifier, build_model
@@ -56,7 +57,7 @@ def zero_shot_scores(config: TrainConfig, class_names: list[str],
     labels = {name: split.labels.cpu() for name, split in splits.items()}
     accuracy = {name: float(accuracy_score(labels[name], logits[name].argmax(dim=1)))
                 for name in splits}
-    held_out = "test" if "test" in splits else "val"
+    held_out = held_out_split(splits)
     temperature = fit_temperature(logits["val"], labels["val"])
     return accuracy, {"split": held_out, **calibration_report(logits[held_out], labels[held_out],
                                                               temperature)}

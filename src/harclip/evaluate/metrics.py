@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, recall_score, top_k_accuracy_score
 
+from harclip.data.layout import held_out_split
+
 TOP_K = 5
 
 
@@ -38,7 +40,7 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray,
 def headline_metrics(scores: dict[str, dict]) -> dict:
     """The numbers compared across experiments: val accuracy (the study's figure), and on the
     held-out split (test, else val) accuracy, macro-F1 and top-5."""
-    held_out = "test" if "test" in scores else "val"
+    held_out = held_out_split(scores)
     short = {"accuracy": "acc", "macro_f1": "f1", "top5_accuracy": "top5"}
     return {"val_acc": scores["val"]["accuracy"],
             **{f"{held_out}_{short[key]}": value for key, value in scores[held_out].items()}}

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from harclip.config.schema import EvaluateConfig, TrainConfig
 from harclip.data.cache import CACHE_DIR, load_split
-from harclip.data.layout import SHIFT_SPLIT
+from harclip.data.layout import SHIFT_SPLIT, held_out_split
 from harclip.evaluate.baselines import wise_ft, zero_shot_scores
 from harclip.evaluate.corruptions import corruption_scores
 from harclip.evaluate.inference import inference_cost, timed_logits, warm_up
@@ -81,7 +81,7 @@ def evaluate(name: str, config: EvaluateConfig, cache_dir: Path = CACHE_DIR,
             classification_metrics(labels, logits, class_names)
         report["images"][split] = len(labels)
         report["classes_scored"][split] = len(set(labels.tolist()))
-    held_out = "test" if "test" in splits else "val"
+    held_out = held_out_split(splits)
     shown = (held_out, splits[held_out].labels.cpu().numpy(),
              logits_by_split[held_out].argmax(axis=1))
     train_config = trained_with(meta, checkpoint)
@@ -163,7 +163,7 @@ def calibration(logits: dict[str, np.ndarray], splits: dict[str, CachedSplit], m
                  "were): its probabilities are scored as predict gives them, uncalibrated",
                  name)
         temperature = 1.0
-    held_out = "test" if "test" in splits else "val"
+    held_out = held_out_split(splits)
     return {"split": held_out, **calibration_report(torch.from_numpy(logits[held_out]),
                                                     splits[held_out].labels.cpu(), temperature)}
 

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
 from harclip.config.schema import LABELS
+from harclip.data.layout import held_out_split
 
 COLOURS = {"clip": "#1f77b4", "sglip": "#d62728", "aclip": "#2ca02c"}
 CELL_VALUES_UP_TO = 25
@@ -111,7 +112,7 @@ def plot_wise_ft(reports: dict[str, dict], path: Path, dpi: int) -> None:
         if not curve:
             continue
         alphas = [float(a) for a in curve]
-        held_out = "test" if "test" in next(iter(curve.values())) else "val"
+        held_out = held_out_split(next(iter(curve.values())))
         for split, style in [(held_out, "-")] + ([("val", "--")] if held_out != "val" else []):
             axis.plot(alphas, [curve[a][split] for a in curve], style, marker="o",
                       color=COLOURS[name], label=f"{LABELS[name]} ({split})")
@@ -137,7 +138,7 @@ def plot_wise_ft_frontier(reports: dict[str, dict], split: str, path: Path, dpi:
     for axis, (name, curve) in zip(np.atleast_1d(fig.subplots(1, len(curves))), curves.items(),
                                    strict=True):
         alphas = sorted(curve, key=float)
-        held_out = "test" if "test" in curve[alphas[0]] else "val"
+        held_out = held_out_split(curve[alphas[0]])
         x, y = ([curve[a][key] for a in alphas] for key in (held_out, split))
         axis.plot(x, y, marker="o", color=COLOURS[name], label="α, in order")
         if {"0", "1"} <= set(alphas):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from harclip.config.schema import LABELS
+from harclip.data.layout import held_out_split
 from harclip.runtime.errors import StageError
 
 TOP_CONFUSIONS = 10
@@ -88,7 +89,7 @@ def summary_table(train: dict[str, dict], reports: dict[str, dict]) -> str:
              "| :-: | :-: |"]
     for name, metrics in train.items():
         scores = reports[name]["scores"]
-        held_out = "test" if "test" in scores else "val"
+        held_out = held_out_split(scores)
         zero_shot = reports[name].get("zero_shot_accuracy", {})
         refresh = metrics.get("mean_refresh_time_s", 0.0)
         lines.append(
