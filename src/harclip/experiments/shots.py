@@ -149,7 +149,7 @@ def shots_figure(by_metric: dict[str, dict], path: Path):
             _shots_panel(axis, found.get(method, {"arms": {}, "full_data": [],
                                                   "zero_shot": None}), colours)
             axis.set_title(f"{LABELS[method]}: {METRICS[metric].lower()}")
-        axes[0].set(ylabel=f"{METRICS[metric].lower()} accuracy (%)")
+        axes[0].set(ylabel="accuracy (%)")
     grid[0][0].legend(fontsize="small", loc="lower right")
     fig.suptitle("Few labels: accuracy against shots per class (mean ± std over seeds)")
     fig.savefig(path, dpi=120)
