@@ -54,10 +54,14 @@ def _report(read, method: str, rev: str) -> dict:
     except (DvcException, OSError, ValueError) as err:
         raise StageError(f"cannot read {path} at {rev} ({type(err).__name__}): run the "
                          f"report from the project's clone, where that experiment is") from None
-    if "test" not in report.get("scores", {}):
+    if "test" not in report.get("scores", {}):  # the shift is there: eval.json has shift_acc
         raise StageError(f"{path} at {rev} has no test split: shift.md compares the test "
                          f"split with the shift, so the data set needs both")
     return report
+
+
+def _accuracy(report: dict, split: str) -> float:
+    return report["scores"][split]["accuracy"]
 
 
 def _pct(accuracy: float) -> str:
@@ -83,7 +87,7 @@ def seed_table(found: dict) -> str:
              "shifted | α best on the shift: test / shifted |", "| :-- | :-: |" + " :-: |" * 5]
     for method, seeds in found.items():
         for seed, report in seeds.items():
-            test, shift = report["scores"]["test"]["accuracy"], report["shift"]["accuracy"]
+            test, shift = _accuracy(report, "test"), _accuracy(report, "shift")
             curve = report.get("wise_ft") or {}
             chosen = _alpha(curve, report["wise_alpha"]) if curve else "—"
             best = report["shift"].get("wise_alpha_best_on_shift")
@@ -130,8 +134,7 @@ def findings(found: dict) -> list[str]:
     lines = []
     for method, seeds in found.items():
         reports = list(seeds.values())
-        gap = np.mean([r["scores"]["test"]["accuracy"] - r["shift"]["accuracy"]
-                       for r in reports]) * 100
+        gap = np.mean([_accuracy(r, "test") - _accuracy(r, "shift") for r in reports]) * 100
         said = [f"mean gap {gap:.1f} points over {len(reports)} seed(s)"]
         if (zero := reports[0]["shift"].get("zero_shot_accuracy")) is not None:
             zero_test = reports[0]["zero_shot_accuracy"]["test"]
@@ -140,8 +143,8 @@ def findings(found: dict) -> list[str]:
                         f"{'widened' if gap > zero_gap else 'narrowed'} the gap by "
                         f"{abs(gap - zero_gap):.1f} points (effective robustness "
                         f"{'given up' if gap > zero_gap else 'gained'})")
-            gains = [np.mean([r["scores"]["test"]["accuracy"] for r in reports]) - zero_test,
-                     np.mean([r["shift"]["accuracy"] for r in reports]) - zero]
+            gains = [np.mean([_accuracy(r, "test") for r in reports]) - zero_test,
+                     np.mean([_accuracy(r, "shift") for r in reports]) - zero]
             said.append(f"its gain over zero-shot is {gains[0] * 100:+.1f} points in "
                         f"distribution and {gains[1] * 100:+.1f} shifted")
         if all(r.get("wise_ft") for r in reports):
@@ -162,8 +165,7 @@ def standard_errors(found: dict) -> str:
     reports = [report for seeds in found.values() for report in seeds.values()]
     said = []
     for split, name in (("test", "on test"), ("shift", "on the shift")):
-        accuracy = np.mean([r["scores"][split]["accuracy"] if split == "test"
-                            else r["shift"]["accuracy"] for r in reports])
+        accuracy = np.mean([_accuracy(r, split) for r in reports])
         if count := reports[0].get("images", {}).get(split):
             error = np.sqrt(accuracy * (1 - accuracy) / count) * 100
             said.append(f"{error:.1f} points {name} ({count} images)")

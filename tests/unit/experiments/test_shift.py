@@ -15,7 +15,8 @@ METHODS = ("clip", "sglip", "aclip")
 
 
 def _report(test, shifted, curve=None, best=None):
-    report = {"scores": {"test": {"accuracy": test}}, "images": {"test": 100, "shift": 400},
+    report = {"scores": {"test": {"accuracy": test}, "shift": {"accuracy": shifted}},
+              "images": {"test": 100, "shift": 400},
               "zero_shot_accuracy": {"val": 0.5, "test": 0.60},
               "shift": {"accuracy": shifted, "zero_shot_accuracy": 0.55}}
     if curve:
@@ -95,7 +96,8 @@ def test_a_report_that_cannot_be_read_is_one_line_naming_it():
 
 def test_a_report_without_a_test_split_or_with_another_alpha_grid_is_one_line():
     def read(path, rev):
-        report = {**REPORTS["r0", "clip"], "scores": {"val": {"accuracy": 0.8}}}
+        report = {**REPORTS["r0", "clip"], "scores": {"val": {"accuracy": 0.8},
+                                                      "shift": {"accuracy": 0.7}}}
         return json.dumps(report)
 
     with pytest.raises(StageError, match="report.json at r0 has no test split"):
