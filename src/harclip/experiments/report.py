@@ -115,15 +115,21 @@ def mean_pm(values: list[float], scale: float = 100.0, digits: int = 1, sign: st
     return f"{mean * scale:{sign}.{digits}f} ± {spread}"
 
 
+def runs_by_seed(rows: list[dict], method: str, metric: str = "test_acc") -> dict[int, dict]:
+    """One finished run of `method` per seed, the first with `metric` (a commit, then the
+    newest), in seed order of appearance; seeds as integers, however exp_show typed them."""
+    runs: dict[int, dict] = {}
+    for row in rows:
+        if value(row, f"{method}.{metric}") is not None:
+            runs.setdefault(int(value(row, f"train_{method}.seed")), row)
+    return runs
+
+
 def per_seed(rows: list[dict], method: str,
              keys: tuple[str, ...] = ("test_acc", "val_acc", "epoch_s")) -> dict:
-    """One finished run of `method` per seed (the first: a commit, then the newest) → its
-    `keys` (test and val accuracy and time per epoch), as lists in seed order of
-    appearance; seeds as integers, however exp_show typed them."""
-    runs: dict = {}
-    for row in rows:
-        if value(row, f"{method}.test_acc") is not None:
-            runs.setdefault(int(value(row, f"train_{method}.seed")), row)
+    """One finished run of `method` per seed (`runs_by_seed`) → its `keys` (test and val
+    accuracy and time per epoch), as lists in seed order of appearance."""
+    runs = runs_by_seed(rows, method)
     return {"seeds": list(runs),
             **{key: [value(r, f"{method}.{key}") for r in runs.values()] for key in keys}}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from harclip.config.schema import LABELS, METHODS
-from harclip.experiments.report import FREE, value, varying_only
+from harclip.experiments.report import FREE, runs_by_seed, value, varying_only
 from harclip.runtime.errors import StageError
 
 HEAD = ("The commit's run and its seeds (`python -m harclip.experiments seeds`), each model "
@@ -34,11 +34,7 @@ def shift_found(rows: list[dict], read=None) -> dict:
     rows = varying_only(rows, FREE["seeds"])
     found = {}
     for method in METHODS:
-        runs: dict[int, dict] = {}
-        for row in rows:
-            if value(row, f"{method}.shift_acc") is not None:
-                runs.setdefault(int(value(row, f"train_{method}.seed")), row)
-        if runs:
+        if runs := runs_by_seed(rows, method, "shift_acc"):
             found[method] = {seed: {**_report(read, method, row["rev"]),
                                     "wise_alpha": value(row, f"{method}.wise_alpha")}
                              for seed, row in sorted(runs.items())}
